@@ -1,0 +1,273 @@
+"""Image datasets by name: each yields (uint8 tensor C x H x W at image_size, int label).
+
+No normalisation and no flips here: the trainer scales to [-1, 1] and flips on the device.
+Small sets (digits, mnist, cifar10, cifar10+mnist) are decoded and resized once into a
+`TensorImageDataset`; large ones (celeba_256, lsun, imagefolder) decode lazily, so a
+corrupt file is reported by name when it is first read (check_dataset.py reads them all).
+
+Splits: digits, cifar10+mnist and imagefolder have only 'train' (for imagefolder, the
+folder is the split); mnist and cifar10 have 'train' and 'test'; lsun 'train' and 'val';
+celeba_256 'train', 'val' and 'test', which from a CelebA-HQ folder are the HQ images
+whose original CelebA file is in partition 0, 1 and 2 of list_eval_partition.txt
+(24,183 / 2,993 / 2,824 of the 30,000). An LMDB given directly as --datadir is used as it
+is, whatever the split; an NVAE-style --datadir holding train.lmdb and validation.lmdb
+gives 'train' and 'val'.
+"""
+import contextlib
+import os
+import socket
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import CIFAR10, LSUN, MNIST
+from tqdm import tqdm
+
+from datasets_prep.image_io import (ResizeCenterCrop, decode_image, list_image_files, pil_to_uint8,
+                                    resize_center_crop, resize_square)
+from datasets_prep.lmdb_dataset import LMDBImageDataset, is_lmdb
+from uot.errors import UsageError
+
+IMAGE_DATASETS = ("digits", "mnist", "cifar10", "cifar10+mnist", "celeba_256", "lsun", "imagefolder")
+SPLITS = {
+    "digits": ("train",),
+    "mnist": ("train", "test"),
+    "cifar10": ("train", "test"),
+    "cifar10+mnist": ("train",),
+    "celeba_256": ("train", "val", "test"),
+    "lsun": ("train", "val"),
+    "imagefolder": ("train",),
+}
+NUM_MNIST_OUTLIERS = 500  # the first MNIST training images: 1% of CIFAR-10's 50,000
+OUTLIER_LABEL = 10  # label of the MNIST images in cifar10+mnist (CIFAR-10 keeps 0..9)
+
+CELEBA_MAPPING = "CelebA-HQ-to-CelebA-mapping.txt"
+CELEBA_PARTITION = "list_eval_partition.txt"
+CELEBA_PARTITION_IDS = {"train": 0, "val": 1, "test": 2}
+CELEBA_HQ_FOLDERS = ("CelebA-HQ-img", "data256x256")  # CelebAMask-HQ's folder, the 256px zip's
+NVAE_LMDBS = {"train": "train.lmdb", "val": "validation.lmdb"}
+DOWNLOAD_SOCKET_TIMEOUT = 60  # seconds; without one, a download behind a firewall hangs
+
+
+def _check_name(name):
+    if name not in IMAGE_DATASETS:
+        raise UsageError(f"--dataset {name} is not an image dataset; "
+                         f"choose one of {', '.join(IMAGE_DATASETS)}")
+
+
+def dataset_num_channels(name):
+    _check_name(name)
+    return 1 if name in ("digits", "mnist") else 3
+
+
+class TensorImageDataset(Dataset):
+    """Images held in one uint8 N x C x H x W tensor, with their int64 labels."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def __getitem__(self, index):
+        return self.images[index], int(self.labels[index])
+
+
+class ImageFileDataset(Dataset):
+    """(uint8 3 x size x size, 0) for each image file, resized and center-cropped."""
+
+    def __init__(self, paths, image_size):
+        self.paths, self.image_size = paths, image_size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        img = decode_image(self.paths[index], self.paths[index])
+        return pil_to_uint8(resize_center_crop(img, self.image_size)), 0
+
+
+def build_image_dataset(name, root, image_size, split="train", download=True):
+    """The dataset `name` at image_size x image_size (see the module docstring for splits)."""
+    _check_name(name)
+    if split not in SPLITS[name]:
+        raise UsageError(f"{name} has no split {split!r}; choose one of {', '.join(SPLITS[name])}")
+    if not isinstance(image_size, int) or image_size < 1:
+        raise UsageError(f"--image_size {image_size} must be a positive integer")
+    if name == "digits":
+        return _digits(image_size)
+    if not root:
+        raise UsageError(f"--dataset {name} needs --datadir, the folder that holds (or will hold) the data")
+    if name in ("celeba_256", "lsun", "imagefolder") and not os.path.isdir(root):
+        raise UsageError(f"--datadir {root} does not exist; give the folder that holds the {name} data")
+    if name == "mnist":
+        images, labels = _mnist(root, split == "train", download)
+        return TensorImageDataset(resize_square(images, image_size), labels)
+    if name == "cifar10":
+        images, labels = _cifar10(root, split == "train", download)
+        return TensorImageDataset(resize_square(images, image_size), labels)
+    if name == "cifar10+mnist":
+        cifar, cifar_labels = _cifar10(root, True, download)
+        mnist = _mnist(root, True, download)[0][:NUM_MNIST_OUTLIERS].repeat(1, 3, 1, 1)
+        images = torch.cat([resize_square(cifar, image_size), resize_square(mnist, image_size)])
+        labels = torch.cat([cifar_labels, torch.full((len(mnist),), OUTLIER_LABEL)])
+        return TensorImageDataset(images, labels)
+    if name == "celeba_256":
+        return _celeba(root, image_size, split)
+    if name == "lsun":
+        return _lsun(root, image_size, split)
+    return ImageFileDataset(list_image_files(root), image_size)
+
+
+def as_uint8_tensor(dataset, batch_size=500, num_workers=0):
+    """The whole dataset as one uint8 N x C x H x W tensor (for holding small sets on the GPU).
+
+    A TensorImageDataset hands back its own tensor, without a copy."""
+    if isinstance(dataset, TensorImageDataset):
+        return dataset.images
+    out = torch.empty((len(dataset), *dataset[0][0].shape), dtype=torch.uint8)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    start = 0
+    for images, _ in tqdm(loader, desc="loading images", unit="batch", disable=len(dataset) < 10_000):
+        out[start:start + len(images)] = images
+        start += len(images)
+    return out
+
+
+def _digits(image_size):
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: works offline
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]  # values 0..16
+    return TensorImageDataset(resize_square(torch.from_numpy(images), image_size),
+                              torch.from_numpy(digits.target).long())
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _torchvision(dataset_class, root, train, download, what_to_place):
+    """Build a torchvision dataset; turn 'not found' and failed downloads into a UsageError."""
+    try:
+        with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT):
+            return dataset_class(root, train=train, download=download)
+    except (RuntimeError, OSError) as err:  # torchvision's "not found or corrupted"; URLError
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        why = f"the download failed ({lines[0]})" if download else "download is off"
+        raise UsageError(f"{dataset_class.__name__} not found in --datadir {root} and {why}; "
+                         f"place {what_to_place}") from err
+
+
+def _mnist(root, train, download):
+    place = (f"train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+             f"t10k-labels-idx1-ubyte (or their .gz archives, with download on) in "
+             f"{os.path.join(root, 'MNIST', 'raw')}")
+    mnist = _torchvision(MNIST, root, train, download, place)
+    return mnist.data[:, None], mnist.targets.long()
+
+
+def _cifar10(root, train, download):
+    place = (f"cifar-10-python.tar.gz (with download on) or its extracted cifar-10-batches-py/ "
+             f"folder in {root}")
+    cifar = _torchvision(CIFAR10, root, train, download, place)
+    return torch.from_numpy(cifar.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(cifar.targets)
+
+
+def _celeba(root, image_size, split):
+    if is_lmdb(root):
+        return LMDBImageDataset(root, image_size)
+    if any(is_lmdb(os.path.join(root, lmdb_name)) for lmdb_name in NVAE_LMDBS.values()):
+        if split not in NVAE_LMDBS:
+            raise UsageError(f"--datadir {root} holds NVAE-style LMDBs, which have no {split} split; "
+                             f"use one of {', '.join(NVAE_LMDBS)}")
+        return LMDBImageDataset(os.path.join(root, NVAE_LMDBS[split]), image_size)
+    for listing in (CELEBA_MAPPING, CELEBA_PARTITION):
+        if not os.path.isfile(os.path.join(root, listing)):
+            raise UsageError(f"--datadir {root} holds no LMDB (data.mdb) and no {listing}; give an LMDB "
+                             f"from datasets_prep/celeba_to_lmdb.py, or a CelebA-HQ image folder with "
+                             f"{CELEBA_MAPPING} and {CELEBA_PARTITION} in it")
+    hq_dir = next((os.path.join(root, folder) for folder in CELEBA_HQ_FOLDERS
+                   if os.path.isdir(os.path.join(root, folder))), root)
+    paths = celeba_hq_split_files(hq_dir, os.path.join(root, CELEBA_MAPPING),
+                                  os.path.join(root, CELEBA_PARTITION), split)
+    return ImageFileDataset(paths, image_size)
+
+
+def _read_table(path, num_columns, header):
+    """Whitespace-separated rows of a text file (skipping a first line that starts with `header`)."""
+    with open(path) as f:
+        rows = [line.split() for line in f if line.strip()]
+    if header is not None and rows and rows[0][0] == header:
+        rows = rows[1:]
+    for row in rows:
+        if len(row) != num_columns:
+            raise UsageError(f"{path}: unexpected line {' '.join(row)!r}; expected {num_columns} columns")
+    return rows
+
+
+def _file_number(filename, listing):
+    stem = os.path.splitext(filename)[0]
+    if not stem.isdigit():
+        raise UsageError(f"{listing}: {filename} is not a numbered CelebA file name like 000001.jpg")
+    return int(stem)
+
+
+def celeba_hq_split_files(hq_dir, mapping_file, partition_file, split):
+    """Paths of the CelebA-HQ images of `split`, in HQ order.
+
+    The mapping file (CelebAMask-HQ's CelebA-HQ-to-CelebA-mapping.txt, rows 'idx orig_idx
+    orig_file') says which CelebA file each HQ index came from, and CelebA's
+    list_eval_partition.txt (rows '000001.jpg 0') puts that file in train (0), val (1) or
+    test (2). HQ images are found by number: 0.jpg .. 29999.jpg (CelebAMask-HQ) or
+    00001.jpg .. 30000.jpg (the 256px data256x256.zip); the smallest number tells which.
+    """
+    if split not in CELEBA_PARTITION_IDS:
+        raise UsageError(f"--split {split}: choose one of {', '.join(CELEBA_PARTITION_IDS)}")
+    for listing in (mapping_file, partition_file):
+        if not os.path.isfile(listing):
+            raise UsageError(f"{listing} not found; give CelebAMask-HQ's {CELEBA_MAPPING} and "
+                             f"CelebA's {CELEBA_PARTITION}")
+    partition = {_file_number(name, partition_file): int(part)
+                 for name, part in _read_table(partition_file, 2, header=None)}
+    originals = {int(idx): _file_number(orig_file, mapping_file)
+                 for idx, _, orig_file in _read_table(mapping_file, 3, header="idx")}
+    numbered = {}
+    for path in list_image_files(hq_dir, recursive=False):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem.isdigit():
+            numbered[int(stem)] = path
+    first = min(numbered, default=None)
+    if first not in (0, 1):
+        raise UsageError(f"{hq_dir}: expected CelebA-HQ images numbered from 0.jpg (CelebAMask-HQ) or "
+                         f"00001.jpg (data256x256.zip); give the folder that holds them")
+    wanted = CELEBA_PARTITION_IDS[split]
+    paths = []
+    for hq_index in sorted(originals):
+        celeba_number = originals[hq_index]
+        if celeba_number not in partition:
+            raise UsageError(f"{partition_file} has no line for {celeba_number:06d}.jpg (named in "
+                             f"{mapping_file}); give CelebA's complete {CELEBA_PARTITION}")
+        if partition[celeba_number] == wanted:
+            if hq_index + first not in numbered:
+                raise UsageError(f"{hq_dir} has no image number {hq_index + first} (CelebA-HQ index "
+                                 f"{hq_index}); give the folder with all CelebA-HQ images")
+            paths.append(numbered[hq_index + first])
+    if not paths:
+        raise UsageError(f"{mapping_file} puts no CelebA-HQ image in the {split} split of {partition_file}")
+    return paths
+
+
+def _lsun(root, image_size, split):
+    db = f"church_outdoor_{split}"
+    if not is_lmdb(os.path.join(root, f"{db}_lmdb")):
+        raise UsageError(f"--datadir {root} holds no {db}_lmdb/ (with data.mdb); download LSUN "
+                         f"church_outdoor (download.py -c church_outdoor from github.com/fyu/lsun) "
+                         f"and unzip it there")
+    return LSUN(root, classes=[db], transform=ResizeCenterCrop(image_size))

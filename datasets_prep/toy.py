@@ -1,0 +1,151 @@
+"""Synthetic toy distributions: the one home of every toy source and target.
+
+`sample_toy(name, n, dim)` draws n points as one (n, dim) float32 tensor, without a
+per-item loop, on the device of the caller's choice. train_toy.py (UOTM 1-D runs) and
+train.py's 2-D S-JKO runs both sample from here.
+
+1-D (DESIGN.md section 4, as in the UOTM toy code):
+    outlier   (1 - p) N(1, 0.1^2) + p N(-1, 0.1^2)
+    p         1/2 N(1, 0.5^2) + 1/2 N(-1, 0.5^2)
+    q         2/3 N(2, 0.5^2) + 1/3 N(-1, 0.5^2)
+any dimension:
+    noise     N(0, I)
+    gaussian  N(m, I) with m = (0, ..., 0, 10): 10 on the last coordinate, so (0, 10)
+              in 2-D as published and N(10, 1) in 1-D
+2-D (S-JKO toys; the last three are scaled to the same extent, about [-8, 8]^2):
+    25gaussian    means on {-6, -3, 0, 3, 6}^2, covariance 0.005 I
+    8gaussian     8 means on the circle of radius 12, covariance 0.4 I
+    twocircles    radii 4 and 8 (half the points on each), isotropic noise of std 0.2
+    checkerboard  uniform on the 8 dark cells of a 4 x 4 board covering [-8, 8]^2
+    spiral        two interleaved arms of radius up to 8 (angle up to 3 pi), noise std 0.2
+    moons         the two half-moons of radius 1 (scikit-learn layout) scaled by 4 and
+                  centred, noise std 0.4
+
+Mixtures are stratified: each component gets round(n * weight) points (largest
+remainders first, so the counts add up to n), as in the public code, and the points
+are then shuffled. The outlier target with n = 4000, p = 0.01 thus holds exactly 40
+outliers, and every 2-D mixture has equal counts per mode.
+"""
+import math
+
+import torch
+
+from uot.errors import UsageError
+
+# name -> the only data_dim it supports (None: any).
+TOY_DIMS = {
+    "noise": None, "gaussian": None,
+    "outlier": 1, "p": 1, "q": 1,
+    "25gaussian": 2, "8gaussian": 2, "twocircles": 2, "checkerboard": 2, "spiral": 2, "moons": 2,
+}
+TOY_NAMES = tuple(TOY_DIMS)
+
+
+def _grid_means():
+    ticks = torch.tensor([-6.0, -3.0, 0.0, 3.0, 6.0])
+    return torch.cartesian_prod(ticks, ticks)
+
+
+def _circle_means(k, radius):
+    angle = 2 * math.pi * torch.arange(k) / k
+    return radius * torch.stack([angle.cos(), angle.sin()], 1)
+
+
+# Targets made of well-separated equal-weight modes: name -> (means (K, d), std of each
+# isotropic mode), for the mode-coverage metric. `outlier` is left out on purpose: its
+# outlier mode holds exactly p = 1% of the mass, the coverage threshold itself; its
+# metric is uot.metrics.outlier_fraction.
+TOY_MODES = {
+    "25gaussian": (_grid_means(), math.sqrt(0.005)),
+    "8gaussian": (_circle_means(8, 12.0), math.sqrt(0.4)),
+}
+
+
+def check_toy(name, dim, flag="--source_name/--target_name"):
+    """Raise a UsageError naming `flag` unless `name` is a toy that exists in `dim` dimensions."""
+    if name not in TOY_DIMS:
+        raise UsageError(f"{flag}: unknown toy distribution '{name}'; choose one of {', '.join(TOY_NAMES)}")
+    if dim < 1:
+        raise UsageError(f"--data_dim must be >= 1, got {dim}")
+    if TOY_DIMS[name] not in (None, dim):
+        raise UsageError(f"{flag} {name} is {TOY_DIMS[name]}-D only, but --data_dim is {dim}")
+
+
+def stratified_counts(n, weights):
+    """Integer counts summing to n, as close to n * weights as possible (largest remainders)."""
+    exact = [n * w for w in weights]
+    counts = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _component_ids(n, weights, generator, device):
+    """A shuffled (n,) tensor of component indices with stratified counts."""
+    counts = torch.tensor(stratified_counts(n, weights), device=device)
+    ids = torch.repeat_interleave(torch.arange(len(weights), device=device), counts)
+    return ids[torch.randperm(n, generator=generator, device=device)]
+
+
+def _gaussian_mixture(n, means, std, weights, generator, device):
+    means = means.to(device)
+    ids = _component_ids(n, weights, generator, device)
+    noise = torch.randn(n, means.shape[1], generator=generator, device=device)
+    return means[ids] + std * noise
+
+
+def _uniform(n, generator, device):
+    return torch.rand(n, generator=generator, device=device)
+
+
+def sample_toy(name, n, dim=1, p=0.01, generator=None, device="cpu"):
+    """n samples of the toy distribution `name` in `dim` dimensions: float32 (n, dim).
+
+    `p` is the outlier fraction of `outlier` (in (0, 1)); `generator` a torch.Generator
+    on `device` for reproducible draws.
+    """
+    check_toy(name, dim)
+    kw = dict(generator=generator, device=device)
+    if name == "noise":
+        return torch.randn(n, dim, **kw)
+    if name == "gaussian":
+        mean = torch.zeros(dim, device=device)
+        mean[-1] = 10.0
+        return mean + torch.randn(n, dim, **kw)
+    if name == "outlier":
+        if not 0.0 < p < 1.0:
+            raise UsageError(f"--p is the outlier fraction and must be in (0, 1), got {p}")
+        return _gaussian_mixture(n, torch.tensor([[1.0], [-1.0]]), 0.1, [1 - p, p], **kw)
+    if name == "p":
+        return _gaussian_mixture(n, torch.tensor([[1.0], [-1.0]]), 0.5, [0.5, 0.5], **kw)
+    if name == "q":
+        return _gaussian_mixture(n, torch.tensor([[2.0], [-1.0]]), 0.5, [2 / 3, 1 / 3], **kw)
+    if name in ("25gaussian", "8gaussian"):
+        means, std = TOY_MODES[name]
+        return _gaussian_mixture(n, means, std, [1 / len(means)] * len(means), **kw)
+    if name == "twocircles":
+        radius = 4.0 + 4.0 * _component_ids(n, [0.5, 0.5], **kw)
+        angle = 2 * math.pi * _uniform(n, **kw)
+        circle = radius[:, None] * torch.stack([angle.cos(), angle.sin()], 1)
+        return circle + 0.2 * torch.randn(n, 2, **kw)
+    if name == "checkerboard":
+        # dark cells (i, j) of a 4 x 4 board with i + j even, each cell 4 x 4 wide
+        cells = torch.cartesian_prod(torch.arange(4), torch.arange(4))
+        dark = cells[cells.sum(1) % 2 == 0].to(device=device, dtype=torch.float32)
+        corner = dark[_component_ids(n, [1 / len(dark)] * len(dark), **kw)]
+        return -8.0 + 4.0 * (corner + torch.rand(n, 2, **kw))
+    if name == "spiral":
+        # sqrt spreads the points evenly along the arm rather than piling them at the centre
+        angle = 3 * math.pi * _uniform(n, **kw).sqrt()
+        arm = _component_ids(n, [0.5, 0.5], **kw) * math.pi
+        radius = 8.0 * angle / (3 * math.pi)
+        curve = radius[:, None] * torch.stack([(angle + arm).cos(), (angle + arm).sin()], 1)
+        return curve + 0.2 * torch.randn(n, 2, **kw)
+    # moons: upper arc (cos t, sin t), lower arc (1 - cos t, 1/2 - sin t), t in [0, pi]
+    t = math.pi * _uniform(n, **kw)
+    lower = _component_ids(n, [0.5, 0.5], **kw)[:, None].float()
+    upper_arc = torch.stack([t.cos(), t.sin()], 1)
+    lower_arc = torch.tensor([1.0, 0.5], device=device) - upper_arc
+    centred = upper_arc + lower * (lower_arc - upper_arc) - torch.tensor([0.5, 0.25], device=device)
+    return 4.0 * centred + 0.4 * torch.randn(n, 2, **kw)

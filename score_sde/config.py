@@ -1,0 +1,102 @@
+"""Network flags (UOTM's CLI, CIFAR-10 defaults) and the builders that read them.
+
+The networks are rebuilt from a plain `argparse.Namespace(**options)`, so every
+option lives in the config and nothing else is needed.
+"""
+import argparse
+import math
+
+import torch.nn as nn
+
+from uot.errors import UsageError
+
+ON_OFF = argparse.BooleanOptionalAction  # --fir keeps it on, --no-fir turns it off
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the generator/potential flags of the UOTM CLI with its CIFAR-10 defaults."""
+    g = parser.add_argument_group("networks")
+    g.add_argument("--model_name", default="ncsnpp", choices=["ncsnpp", "toy", "dcgan"],
+                   help="ncsnpp: NCSN++ map + residual potential; dcgan: ~0.4M-parameter pair; toy: MLPs")
+    g.add_argument("--image_size", type=int, default=32, help="image resolution (data dimension for toy)")
+    g.add_argument("--num_channels", type=int, default=3, help="image channels")
+    g.add_argument("--centered", action=ON_OFF, default=True,
+                   help="inputs already in [-1, 1]; --no-centered maps [0, 1] inputs to [-1, 1]")
+    g.add_argument("--num_channels_dae", type=int, default=128, help="base width of the NCSN++ generator")
+    g.add_argument("--n_mlp", type=int, default=4, help="hidden layers of the z mapping network")
+    g.add_argument("--ch_mult", nargs="+", type=int, default=[1, 2, 2, 2], help="width multiplier per resolution")
+    g.add_argument("--num_res_blocks", type=int, default=2, help="residual blocks per resolution")
+    g.add_argument("--attn_resolutions", nargs="*", type=int, default=[16], help="resolutions with self-attention")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
+    g.add_argument("--resamp_with_conv", action=ON_OFF, default=True,
+                   help="learned conv in the up/down layers (used with --resblock_type ddpm)")
+    g.add_argument("--conditional", action=ON_OFF, default=True,
+                   help="condition the generator on z through AdaGN; --no-conditional gives a deterministic T(x)")
+    g.add_argument("--fir", action=ON_OFF, default=True, help="FIR resampling (else nearest / average pooling)")
+    g.add_argument("--fir_kernel", nargs="+", type=int, default=[1, 3, 3, 1], help="FIR filter taps")
+    g.add_argument("--skip_rescale", action=ON_OFF, default=True, help="divide residual sums by sqrt(2)")
+    g.add_argument("--resblock_type", default="biggan", choices=["biggan", "ddpm"], help="residual block type")
+    g.add_argument("--progressive", default="none", choices=["none", "output_skip", "residual"],
+                   help="output pyramid of the generator")
+    g.add_argument("--progressive_input", default="residual", choices=["none", "input_skip", "residual"],
+                   help="input pyramid of the generator")
+    g.add_argument("--progressive_combine", default="sum", choices=["sum", "cat"],
+                   help="how --progressive_input input_skip merges the pyramid")
+    g.add_argument("--embedding_type", default="positional", choices=["positional", "fourier"],
+                   help="z enters the mapping network as is (positional) or as random Fourier features")
+    g.add_argument("--fourier_scale", type=float, default=16.0, help="frequency scale of the Fourier features")
+    g.add_argument("--not_use_tanh", action="store_true", help="no tanh on the generator output")
+    g.add_argument("--z_emb_dim", type=int, default=256, help="width of the z mapping network")
+    g.add_argument("--nz", type=int, default=100, help="dimension of the auxiliary latent z")
+    g.add_argument("--ngf", type=int, default=64, help="base width of the potential (and of the dcgan pair)")
+    return parser
+
+
+def check_image_size(cfg):
+    """UsageError unless the NCSN++ generator and its potential can both halve --image_size enough."""
+    gen_factor = 2 ** (len(cfg.ch_mult) - 1)
+    pot_factor = 2 ** (3 if cfg.image_size <= 64 else 6)
+    need = math.lcm(gen_factor, pot_factor)
+    if cfg.image_size < need or cfg.image_size % need:
+        raise UsageError(
+            f"--image_size {cfg.image_size} does not fit --ch_mult {' '.join(map(str, cfg.ch_mult))}: the generator "
+            f"halves the resolution {len(cfg.ch_mult) - 1} times and the potential {int(math.log2(pot_factor))} "
+            f"times, so --image_size must be a multiple of {need} (or change --ch_mult)")
+
+
+def build_generator(cfg) -> nn.Module:
+    """The transport map T(x, z) selected by cfg.model_name."""
+    if cfg.model_name == "toy":
+        from .toy import ToyGenerator
+        return ToyGenerator(cfg.image_size, cfg.nz)
+    if cfg.model_name == "dcgan":
+        from .dcgan import DCGANGenerator, check_dcgan_image_size
+        check_dcgan_image_size(cfg.image_size)
+        return DCGANGenerator(cfg.num_channels, cfg.nz, cfg.ngf, use_tanh=not cfg.not_use_tanh)
+    if cfg.model_name == "ncsnpp":
+        from .ncsnpp import NCSNpp
+        check_image_size(cfg)
+        return NCSNpp(cfg)
+    raise UsageError(f"--model_name {cfg.model_name!r} is not one of ncsnpp, toy, dcgan")
+
+
+def build_potential(cfg) -> nn.Module:
+    """The potential v(y) -> (B,) selected by cfg.model_name (and cfg.image_size for ncsnpp)."""
+    if cfg.model_name == "toy":
+        from .toy import ToyPotential
+        return ToyPotential(cfg.image_size)
+    if cfg.model_name == "dcgan":
+        from .dcgan import DCGANPotential, check_dcgan_image_size
+        check_dcgan_image_size(cfg.image_size)
+        return DCGANPotential(cfg.num_channels, cfg.ngf)
+    if cfg.model_name == "ncsnpp":
+        from .potentials import LargePotential, SmallPotential
+        check_image_size(cfg)
+        potential = SmallPotential if cfg.image_size <= 64 else LargePotential
+        return potential(cfg.num_channels, cfg.ngf, tuple(cfg.fir_kernel))
+    raise UsageError(f"--model_name {cfg.model_name!r} is not one of ncsnpp, toy, dcgan")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (trainable or not); buffers such as FIR filters are not counted."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,137 @@
+"""The semi-dual math against hand-computed values."""
+import math
+
+import pytest
+import torch
+
+from uot.errors import UsageError
+from uot.losses import (JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale, quadratic_cost,
+                        r1_penalty, source_gradient_penalty, toy_cost_scale)
+from uot.phi import PHI, ScaledPhi, register_phi, select_phi
+
+S = torch.tensor([-3.0, -2.0, -0.5, 0.0, 0.7, 2.0], dtype=torch.float64)
+
+# Psi*(s) written out by hand for the points of S.
+HAND = {
+    "linear": [-3.0, -2.0, -0.5, 0.0, 0.7, 2.0],
+    "kl": [math.exp(s) - 1 for s in S.tolist()],
+    # chi: y = max(s, -2), 0.25 y^2 + y
+    "chi": [-1.0, -1.0, 0.0625 - 0.5, 0.0, 0.25 * 0.49 + 0.7, 3.0],
+    "softplus": [math.log1p(math.exp(s)) for s in S.tolist()],
+    "softplus_sjko": [2 * math.log1p(math.exp(s)) - 2 * math.log(2) for s in S.tolist()],
+}
+# their derivatives
+HAND_GRAD = {
+    "linear": [1.0] * 6,
+    "kl": [math.exp(s) for s in S.tolist()],
+    "chi": [0.0, 0.0, 0.75, 1.0, 1.35, 2.0],  # 0.5 y + 1 for s > -2, 0 below
+    "softplus": [1 / (1 + math.exp(-s)) for s in S.tolist()],
+    "softplus_sjko": [2 / (1 + math.exp(-s)) for s in S.tolist()],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_phi_values_and_derivatives(name):
+    s = S.clone().requires_grad_(True)
+    out = select_phi(name)(s)
+    torch.testing.assert_close(out.detach(), torch.tensor(HAND[name], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(out.sum(), s)
+    torch.testing.assert_close(grad, torch.tensor(HAND_GRAD[name], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", sorted(HAND))
+def test_phi_convex_and_nondecreasing(name):
+    s = torch.linspace(-8, 5, 2001, dtype=torch.float64)
+    f = select_phi(name)(s)
+    assert (f[1:] - f[:-1] >= -1e-12).all(), "not non-decreasing"
+    second = f[2:] - 2 * f[1:-1] + f[:-2]
+    assert (second >= -1e-9).all(), "not convex"
+
+
+def test_unknown_phi_and_registration():
+    with pytest.raises(UsageError, match="nope"):
+        select_phi("nope")
+    register_phi("square_plus", lambda s: torch.relu(s) ** 2)
+    try:
+        assert select_phi("square_plus")(torch.tensor(3.0)).item() == 9.0
+        import utils  # the user-facing face sees the same registry
+        assert utils.select_phi("square_plus") is PHI["square_plus"]
+    finally:
+        PHI.pop("square_plus")
+
+
+def test_scaled_phi():
+    g = ScaledPhi(select_phi("kl"), alpha=2.0)
+    assert g(torch.tensor(1.0)).item() == pytest.approx(2 * (math.exp(0.5) - 1))
+
+
+def test_cost_conventions():
+    x = torch.tensor([[0.0, 0.0], [1.0, 2.0], [1.0, 1.0]])
+    y = torch.tensor([[1.0, 1.0], [1.0, 0.0], [3.0, 1.0]])
+    sq = torch.tensor([2.0, 4.0, 4.0])
+    torch.testing.assert_close(quadratic_cost(x, y, image_cost_scale(1e-3)), 1e-3 * sq)
+    torch.testing.assert_close(quadratic_cost(x, y, toy_cost_scale(0.1)), 0.05 * sq)
+    # S-JKO: 0.5 * mean over d of (x - y)^2 / h, d = 2, h = 0.1
+    torch.testing.assert_close(quadratic_cost(x, y, jko_cost_scale(0.1, 2)), 0.5 * (sq / 2) / 0.1)
+    # images: every non-batch dim is summed
+    img = torch.ones(2, 3, 4, 4)
+    torch.testing.assert_close(quadratic_cost(img, 0 * img, 1.0), torch.full((2,), 48.0))
+    # the published CIFAR-10 link: h = 0.1, d = 3 * 32 * 32 gives tau ~ 0.0016
+    assert jko_cost_scale(0.1, 3 * 32 * 32) == pytest.approx(0.00163, abs=1e-5)
+
+
+# A 3-sample batch, computed by hand below.
+V_FAKE = torch.tensor([0.5, -1.0, 2.0])
+V_REAL = torch.tensor([1.0, 0.0, -0.5])
+COST = torch.tensor([0.25, 0.5, 1.0])
+
+
+def test_semidual_losses_by_hand():
+    loss = SemiDualLoss("kl", "kl")
+    # Psi1*(v_fake - c) = exp(.) - 1 at 0.25, -1.5, 1.0; Psi2*(-v_real) at -1, 0, 0.5
+    expected = ((math.exp(0.25) - 1) + (math.exp(-1.5) - 1) + (math.exp(1.0) - 1)) / 3 \
+        + ((math.exp(-1.0) - 1) + 0.0 + (math.exp(0.5) - 1)) / 3
+    assert loss.potential(V_FAKE, V_REAL, COST).item() == pytest.approx(expected, rel=1e-6)
+    # map: mean(c - v_fake) = mean(-0.25, 1.5, -1.0)
+    assert loss.map(V_FAKE, COST).item() == pytest.approx(0.25 / 3, rel=1e-6)
+    # OTM: both linear: mean(v_fake - c) + mean(-v_real)
+    otm = SemiDualLoss("linear", "linear")
+    assert otm.potential(V_FAKE, V_REAL, COST).item() == pytest.approx((-0.25) / 3 + (-0.5) / 3)
+    # source-fixed chi: linear source term, chi on the target term: y = -1, 0, 0.5
+    sf = SemiDualLoss("linear", "chi")
+    chi_sum = (0.25 - 1) + 0 + (0.0625 + 0.5)
+    assert sf.potential(V_FAKE, V_REAL, COST).item() == pytest.approx((-0.25 + chi_sum) / 3)
+
+
+def test_jsd_losses_by_hand():
+    sp = lambda s: math.log1p(math.exp(s))  # noqa: E731
+    loss = JSDLoss()
+    expected_v = (sp(-1.0) + sp(0.0) + sp(0.5)) / 3 + (sp(0.5) + sp(-1.0) + sp(2.0)) / 3
+    assert loss.potential(V_FAKE, V_REAL, COST).item() == pytest.approx(expected_v, rel=1e-6)
+    expected_t = (0.25 + sp(-0.5) + 0.5 + sp(1.0) + 1.0 + sp(-2.0)) / 3
+    assert loss.map(V_FAKE, COST).item() == pytest.approx(expected_t, rel=1e-6)
+
+
+def test_r1_penalty_by_hand():
+    # v(y) = sum(w * y^2): grad = 2 w y, so ||grad||^2 = 4 sum(w^2 y^2)
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = torch.tensor([[1.0, 1.0], [0.0, 3.0]], requires_grad=True)
+    v = (w * y ** 2).sum(1)
+    pen = r1_penalty(v, y)
+    expected = (4 * (1 + 4) + 4 * (0 + 36)) / 2
+    assert pen.item() == pytest.approx(expected)
+    # it is differentiable w.r.t. the potential's parameters (double backward):
+    # d/dw of mean_b 4 sum_j w_j^2 y_bj^2 = 8 w_j mean_b y_bj^2
+    (gw,) = torch.autograd.grad(pen, w)
+    torch.testing.assert_close(gw, torch.tensor([8 * 1 * 0.5, 8 * 2 * 5.0]))
+
+
+def test_source_gradient_penalty_through_the_map():
+    # T(x) = a x, v(y) = y^2 (1-D): d v(T(x)) / dx = 2 a^2 x, penalty = mean 4 a^4 x^2
+    a = torch.tensor(1.5, requires_grad=True)
+    x = torch.tensor([[1.0], [-2.0]], requires_grad=True)
+    v = ((a * x) ** 2).sum(1)
+    pen = source_gradient_penalty(v, x)
+    assert pen.item() == pytest.approx(4 * 1.5 ** 4 * 2.5)
+    (ga,) = torch.autograd.grad(pen, a)
+    assert ga.item() == pytest.approx(16 * 1.5 ** 3 * 2.5)
