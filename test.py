@@ -22,7 +22,7 @@ from score_sde import build_generator
 from uot import dist as udist
 from uot import fid
 from uot.errors import UsageError, exit_on_usage_error
-from uot.io import JsonlLog, load_checkpoint
+from uot.io import RecordLog, load_checkpoint
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NETG_FILE = re.compile(r"netG_(\d+)\.pth")
@@ -179,7 +179,7 @@ def evaluate(args, device):
                                                                      device=device)
         line += f"  precision={record['precision']:.4f}  recall={record['recall']:.4f}"
     record["seconds"] = round(time.time() - start, 2)
-    JsonlLog(os.path.join(run_dir, "fid.jsonl")).append(record)
+    RecordLog(os.path.join(run_dir, "fid.jsonl")).append(record)
     print(f"{line}  {record['seconds']:.1f}s", flush=True)
 
 

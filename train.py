@@ -11,6 +11,7 @@ S-JKO schedule (iterations, c = ||y - y_ref||^2 / (2 d h)); otherwise the UOTM o
 (epochs, c = tau ||x - y||^2). See README.md for the rules and every output file.
 """
 import argparse
+import functools
 import io
 import json
 import math
@@ -488,95 +489,97 @@ def training_loop(args, run_dir, device, G, D, real_data, steps_per_epoch, phase
 
     log(f"run {run_dir}: {'S-JKO' if args.sjko else 'UOTM'}, {len(phases)} phase(s), {total_steps} iterations, "
         f"world {world}, device {device}, G {count_parameters(G) / 1e6:.2f}M, D {count_parameters(D) / 1e6:.2f}M")
-    data_iter = real_batches(start_step)
-    phase = None
-    step = start_step
-    while step < total_steps:
-        if phase is None or step >= phase.end:
-            phase = phase_at(phases, step)
-            if phase.index > 0 and step == phase.start:   # a new JKO step: freeze T_{k-1}
-                G_ref = make_ema(G)
-            cost_scale = jko_cost_scale(phase.h, dim) if args.sjko else image_cost_scale(args.tau)
-            if args.loss == "uot":
-                alpha = alpha_at(args.loss_scheduler, phase.index, len(phases), args.alpha_min, args.alpha_max)
-                phi1, phi2 = select_phi(args.phi1), select_phi(args.phi2)
-                if args.loss_scheduler != "none":
-                    phi1, phi2 = ScaledPhi(phi1, alpha), ScaledPhi(phi2, alpha)
-                loss_fn = SemiDualLoss(phi1, phi2)
-            noise_std = data_noise_std(phase.index) if args.sjko and not args.no_data_noise else 0.0
-            log(f"phase {phase.index}: steps {phase.start}-{phase.end}, cost scale {cost_scale:.3g}, "
-                f"reference {'identity' if G_ref is None else 'T_' + str(phase.index - 1)}")
-        scale = lr_scale(step)
-        if scale is not None:
-            for opt, base in ((opt_G, args.lr_g), (opt_D, args.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = scale(base)
+    try:
+        data_iter = real_batches(start_step)
+        phase = None
+        step = start_step
+        while step < total_steps:
+            if phase is None or step >= phase.end:
+                phase = phase_at(phases, step)
+                if phase.index > 0 and step == phase.start:   # a new JKO step: freeze T_{k-1}
+                    G_ref = make_ema(G)
+                cost_scale = jko_cost_scale(phase.h, dim) if args.sjko else image_cost_scale(args.tau)
+                if args.loss == "uot":
+                    alpha = alpha_at(args.loss_scheduler, phase.index, len(phases), args.alpha_min, args.alpha_max)
+                    phi1, phi2 = select_phi(args.phi1), select_phi(args.phi2)
+                    if args.loss_scheduler != "none":
+                        phi1, phi2 = ScaledPhi(phi1, alpha), ScaledPhi(phi2, alpha)
+                    loss_fn = SemiDualLoss(phi1, phi2)
+                noise_std = data_noise_std(phase.index) if args.sjko and not args.no_data_noise else 0.0
+                log(f"phase {phase.index}: steps {phase.start}-{phase.end}, cost scale {cost_scale:.3g}, "
+                    f"reference {'identity' if G_ref is None else 'T_' + str(phase.index - 1)}")
+            scale = lr_scale(step)
+            if scale is not None:
+                for opt, base in ((opt_G, args.lr_g), (opt_D, args.lr_d)):
+                    for group in opt.param_groups:
+                        group["lr"] = scale(base)
 
-        real = next(data_iter)
-        if noise_std:
-            real = real + noise_std * torch.randn_like(real)
-        x = torch.randn_like(real)
-        with torch.no_grad(), autocast:
-            y_ref = x if G_ref is None else G_ref(x, torch.randn(batch, args.nz, device=device))
+            real = next(data_iter)
+            if noise_std:
+                real = real + noise_std * torch.randn_like(real)
+            x = torch.randn_like(real)
+            with torch.no_grad(), autocast:
+                y_ref = x if G_ref is None else G_ref(x, torch.randn(batch, args.nz, device=device))
 
-        penalize_r1 = args.reg_name == "r1" and args.r1_gamma > 0 and step % args.r1_every == 0
-        loss_D, penalty, v_real, v_fake, cost = potential_step(
-            G_fast, D, D_fast, opt_D, loss_fn, real, x, torch.randn(batch, args.nz, device=device), y_ref,
-            cost_scale, r1_weight=0.5 * args.r1_gamma * args.r1_every if penalize_r1 else 0.0,
-            gp_weight=args.lmbda if args.reg_name == "gp" else 0.0, autocast=autocast)
-        loss_G = map_step(G, G_fast, D, D_fast, opt_G, loss_fn, x, torch.randn(batch, args.nz, device=device),
-                          y_ref, cost_scale, autocast)
-        if G_ema is not None:
-            update_ema(G_ema, G, args.ema_decay)
+            penalize_r1 = args.reg_name == "r1" and args.r1_gamma > 0 and step % args.r1_every == 0
+            loss_D, penalty, v_real, v_fake, cost = potential_step(
+                G_fast, D, D_fast, opt_D, loss_fn, real, x, torch.randn(batch, args.nz, device=device), y_ref,
+                cost_scale, r1_weight=0.5 * args.r1_gamma * args.r1_every if penalize_r1 else 0.0,
+                gp_weight=args.lmbda if args.reg_name == "gp" else 0.0, autocast=autocast)
+            loss_G = map_step(G, G_fast, D, D_fast, opt_G, loss_fn, x, torch.randn(batch, args.nz, device=device),
+                              y_ref, cost_scale, autocast)
+            if G_ema is not None:
+                update_ema(G_ema, G, args.ema_decay)
 
-        with torch.no_grad():
-            row = torch.stack([loss_D, loss_G, penalty, v_real.mean(), v_fake.mean(), cost.mean()]).float()
-            acc += row
-            bad = ~torch.isfinite(row).all() & (first_bad[0] < 0)
-            at = first_bad.new_tensor([step + 1])
-            first_bad.copy_(torch.where(bad, torch.cat([at, row.double()]), first_bad))
-        acc_n += 1
-        step += 1
+            with torch.no_grad():
+                row = torch.stack([loss_D, loss_G, penalty, v_real.mean(), v_fake.mean(), cost.mean()]).float()
+                acc += row
+                bad = ~torch.isfinite(row).all() & (first_bad[0] < 0)
+                at = first_bad.new_tensor([step + 1])
+                first_bad.copy_(torch.where(bad, torch.cat([at, row.double()]), first_bad))
+            acc_n += 1
+            step += 1
 
-        if step % args.log_every == 0 or step == total_steps:
-            check_finite()
-            values = (udist.all_reduce_mean(acc.clone()) / acc_n).tolist()
-            # every rank must hold the same weights; a drift would mean a broken gradient sync
-            checksum = sum(p.detach().double().sum() for p in list(G.parameters()) + list(D.parameters()))
-            sums = udist.all_gather_tensor(checksum)
-            elapsed = time.time() - t_last
-            record = dict(zip(names, values), step=step, epoch=step / steps_per_epoch, phase=phase.index,
-                          lr_g=opt_G.param_groups[0]["lr"], lr_d=opt_D.param_groups[0]["lr"],
-                          images_per_s=acc_n * args.batch_size / elapsed, time=time.time(),
-                          rank_param_spread=(sums.max() - sums.min()).item())
+            if step % args.log_every == 0 or step == total_steps:
+                check_finite()
+                values = (udist.all_reduce_mean(acc.clone()) / acc_n).tolist()
+                # every rank must hold the same weights; a drift would mean a broken gradient sync
+                checksum = sum(p.detach().double().sum() for p in list(G.parameters()) + list(D.parameters()))
+                sums = udist.all_gather_tensor(checksum)
+                elapsed = time.time() - t_last
+                record = dict(zip(names, values), step=step, epoch=step / steps_per_epoch, phase=phase.index,
+                              lr_g=opt_G.param_groups[0]["lr"], lr_d=opt_D.param_groups[0]["lr"],
+                              images_per_s=acc_n * args.batch_size / elapsed, time=time.time(),
+                              rank_param_spread=(sums.max() - sums.min()).item())
+                if master:
+                    stats.append(record)
+                    for key in names + ("lr_g", "lr_d", "images_per_s"):
+                        tb.add_scalar(key, record[key], step)
+                    log(" ".join(f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}"
+                                 for k in ("step", "phase") + names + ("images_per_s",)))
+                    bar.set_postfix(loss_D=f"{values[0]:.3f}", loss_G=f"{values[1]:.3f}")
+                acc.zero_()
+                acc_n, t_last = 0, time.time()
             if master:
-                stats.append(record)
-                for key in names + ("lr_g", "lr_d", "images_per_s"):
-                    tb.add_scalar(key, record[key], step)
-                log(" ".join(f"{k} {record[k]:.4g}" if isinstance(record[k], float) else f"{k} {record[k]}"
-                             for k in ("step", "phase") + names + ("images_per_s",)))
-                bar.set_postfix(loss_D=f"{values[0]:.3f}", loss_G=f"{values[1]:.3f}")
-            acc.zero_()
-            acc_n, t_last = 0, time.time()
-        if master:
-            bar.update(1)
+                bar.update(1)
 
-        saved = checkpoint(step, final=step == total_steps)
-        # ranks agree on stopping every 10 steps: one tiny all-reduce, not one per step
-        if step < total_steps and (world == 1 or step % 10 == 0) and \
-                udist.any_rank(stop.signal is not None, device):
-            check_finite()
-            if not saved:
-                save_content(os.path.join(run_dir, "content.pth"), step, G, D, G_ema, G_ref, opt_G, opt_D,
-                             args, device)
-            log(f"stopped by signal at step {step}; content.pth saved; continue with --resume auto")
-            return PREEMPTED_EXIT_CODE
-    log(f"done: {total_steps} iterations")
-    if master:
-        bar.close()
-        tb.close()
-        log_file.close()
-    return 0
+            saved = checkpoint(step, final=step == total_steps)
+            # ranks agree on stopping every 10 steps: one tiny all-reduce, not one per step
+            if step < total_steps and (world == 1 or step % 10 == 0) and \
+                    udist.any_rank(stop.signal is not None, device):
+                check_finite()
+                if not saved:
+                    save_content(os.path.join(run_dir, "content.pth"), step, G, D, G_ema, G_ref, opt_G, opt_D,
+                                 args, device)
+                log(f"stopped by signal at step {step}; content.pth saved; continue with --resume auto")
+                return PREEMPTED_EXIT_CODE
+        log(f"done: {total_steps} iterations")
+        return 0
+    finally:   # also on divergence or preemption: the bar ends its line before any error message
+        if master:
+            bar.close()
+            tb.close()
+            log_file.close()
 
 
 # ----------------------------------------------------------------------------------
@@ -602,11 +605,17 @@ def save_toy_outputs(run_dir, tag, name, source, target, generated, metrics, rec
     metrics.append(record)
 
 
+@functools.lru_cache(maxsize=1)
+def fid_inception(weights, device):
+    """The Inception network for --fid_every, loaded once per run."""
+    from uot.fid import load_inception
+    return load_inception(weights, device)
+
+
 def run_fid(args, G, sample_shape, device, step, stats, tb, log):
-    from uot.fid import generator_fid
-    fid = generator_fid(G, sample_shape=sample_shape, nz=args.nz, num_samples=args.fid_samples,
-                        ref_stats=args.fid_ref_stats, device=device, seed=args.seed,
-                        inception_weights=args.inception_weights)
+    from uot.fid import compute_fid
+    fid = compute_fid(G, sample_shape, args.nz, args.fid_samples, args.fid_ref_stats, device,
+                      seed=args.seed, inception=fid_inception(args.inception_weights, device))
     if udist.rank() == 0:
         stats.append(dict(step=step, fid=fid, fid_samples=args.fid_samples, time=time.time()))
         tb.add_scalar("fid", fid, step)

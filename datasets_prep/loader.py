@@ -49,9 +49,12 @@ class ImageStream:
             self.loader = None
         else:
             self.images = None
+            # its own generator: each DataLoader iterator draws a worker base seed, which
+            # must not come from (and shift) the global RNG that resume restores
             self.loader = DataLoader(dataset, batch_sampler=self.batches, num_workers=num_workers,
                                      pin_memory=device.type == "cuda",
-                                     persistent_workers=num_workers > 0)
+                                     persistent_workers=num_workers > 0,
+                                     generator=torch.Generator().manual_seed(seed + rank))
 
     def epoch(self, epoch, start_batch=0):
         """Iterate this rank's batches of `epoch`, starting at batch `start_batch`."""

@@ -156,11 +156,7 @@ def test_a_stop_signal_at_any_moment_stops_cleanly(when, sig, tmp_path, monkeypa
     # under the epoch-wise cosine LR
     TINY_IMAGE + " --batch_size 256 --num_epoch 2 --schedule 3",
     TINY_TOY + " --phi2 kl --num_phase 2 --init_num_iterations 6 --num_iterations 6 --lr_scheduler",
-    pytest.param(TINY_IMAGE + " --batch_size 256 --num_epoch 2 --data_on_device off --num_workers 0",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "datasets_prep/loader.py: each DataLoader iterator draws its base seed from the "
-                     "global RNG, so a resume mid-epoch shifts the noise stream; give the DataLoader "
-                     "its own torch.Generator"))),
+    TINY_IMAGE + " --batch_size 256 --num_epoch 2 --data_on_device off --num_workers 0",
 ], ids=["digits-uotm", "toy-sjko-2-phases", "digits-dataloader"])
 def test_resume_after_sigterm_equals_an_uninterrupted_run(config, tmp_path, monkeypatch):
     assert train.main(argv(config, tmp_path, "straight")) == 0
