@@ -36,8 +36,8 @@ from uot.io import (RecordLog, atomic_torch_save, atomic_write_bytes, atomic_wri
                     load_checkpoint)
 from uot.losses import (JSDLoss, SemiDualLoss, image_cost_scale, interpolate_gradient_penalty,
                         jko_cost_scale, quadratic_cost, r1_penalty)
-from uot.phi import ScaledPhi, select_phi
 from uot.schedule import Phase, alpha_at, cosine, data_noise_std, jko_phases, phase_at
+from utils import ScaledPhi, select_phi  # utils: where users register their own Psi*
 
 PREEMPTED_EXIT_CODE = 75   # EX_TEMPFAIL: "try again"; requeue with --resume auto
 DIVERGED_EXIT_CODE = 3
@@ -127,7 +127,8 @@ def build_parser():
     out.add_argument("--fid_every", type=int, default=0, help="FID of the EMA generator (0: never)")
     out.add_argument("--fid_samples", type=int, default=5000)
     out.add_argument("--fid_ref_stats", default=None, help="reference statistics .npz for --fid_every")
-    out.add_argument("--inception_weights", default=None)
+    out.add_argument("--inception_weights", default=None,
+                     help="local FID Inception weights for --fid_every (default: the torch hub cache)")
 
     perf = p.add_argument_group("speed")
     perf.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")

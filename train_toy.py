@@ -15,6 +15,7 @@ target, generated, all (n, d), generated[i] = T(source[i], z_i) on a fixed evalu
 sample), metrics.json (one entry per save) and PNG plots per saved epoch.
 """
 import argparse
+import io
 import json
 import math
 import os
@@ -27,9 +28,11 @@ from tqdm import tqdm
 from datasets_prep.toy import TOY_NAMES, check_toy, sample_toy
 from score_sde.toy import ToyGenerator, ToyPotential
 from uot.errors import UsageError, exit_on_usage_error
+from uot.io import RecordLog, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from uot.losses import SemiDualLoss, quadratic_cost, source_gradient_penalty, toy_cost_scale
 from uot.metrics import toy_metrics
-from uot.phi import PHI, select_phi
+from uot.plots import save_figure, scatter_2d
+from utils import PHI, select_phi
 
 
 def parse_args(argv=None):
@@ -220,34 +223,11 @@ class ToyTrainer:
         return self.netG(self.eval_source, self.eval_z)
 
 
-# --- outputs ----------------------------------------------------------------------
-
-def write_atomic(path, write):
-    """Write a file through `write(f)` so that readers never see it half written."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path, obj):
-    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
-
-
-def save_figure(fig, path):
-    import matplotlib.pyplot as plt
-
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-
+# --- outputs ---------------------------------------------------------------------
 
 def plot_1d(source, target, generated, title, savepath, epoch):
     """joint_epochN.png: T(x, z) against x; density_epochN.png: target and generated
     densities (histogram + KDE), on a linear and a log scale (the log one shows a 1% mode)."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy.stats import gaussian_kde
 
@@ -277,28 +257,15 @@ def plot_1d(source, target, generated, title, savepath, epoch):
     save_figure(fig, os.path.join(savepath, f"density_epoch{epoch:04d}.png"))
 
 
-def plot_2d(target, generated, title, savepath, epoch):
-    """scatter_epochN.png: target and generated points."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    ax.scatter(target[:, 0], target[:, 1], s=2, alpha=0.3, color="tab:gray", label="target")
-    ax.scatter(generated[:, 0], generated[:, 1], s=2, alpha=0.3, color="tab:blue", label="generated")
-    ax.set(title=title, aspect="equal")
-    ax.legend(markerscale=4)
-    save_figure(fig, os.path.join(savepath, f"scatter_epoch{epoch:04d}.png"))
-
-
 def save_outputs(trainer, epoch):
     """samples.npz, the plots of this epoch, checkpoint.pt; returns the metrics."""
     a = trainer.args
     source = trainer.eval_source.cpu().numpy()
     target = trainer.target.cpu().numpy()
     generated = trainer.generate().cpu().numpy()
-    write_atomic(os.path.join(a.savepath, "samples.npz"),
-                 lambda f: np.savez(f, source=source, target=target, generated=generated))
+    buffer = io.BytesIO()
+    np.savez(buffer, source=source, target=target, generated=generated)
+    atomic_write_bytes(os.path.join(a.savepath, "samples.npz"), buffer.getvalue())
     metrics = toy_metrics(generated, target, a.target_name)
     title = f"{a.exp}: {a.phi1}/{a.phi2}, tau {a.tau}, epoch {epoch}"
     if "outlier_fraction" in metrics:
@@ -306,9 +273,9 @@ def save_outputs(trainer, epoch):
     if a.data_dim == 1:
         plot_1d(source, target, generated, title, a.savepath, epoch)
     elif a.data_dim == 2:
-        plot_2d(target, generated, title, a.savepath, epoch)
+        scatter_2d(target, generated, os.path.join(a.savepath, f"scatter_epoch{epoch:04d}.png"), title)
     checkpoint = {"netG": trainer.netG.state_dict(), "netD": trainer.netD.state_dict(), "epoch": epoch}
-    write_atomic(os.path.join(a.savepath, "checkpoint.pt"), lambda f: torch.save(checkpoint, f))
+    atomic_torch_save(checkpoint, os.path.join(a.savepath, "checkpoint.pt"))
     return metrics
 
 
@@ -321,10 +288,12 @@ def main(argv=None):
         os.makedirs(args.savepath, exist_ok=True)
     except OSError as err:
         raise UsageError(f"--savepath: cannot create {args.savepath}: {err.strerror}") from None
-    write_json(os.path.join(args.savepath, "options.json"), vars(args))
+    atomic_write_json(os.path.join(args.savepath, "options.json"), vars(args))
+    metrics = RecordLog(os.path.join(args.savepath, "metrics.json"))
+    metrics.records = []   # a new run replaces the metrics of an earlier one in the same folder
 
     trainer = ToyTrainer(args)
-    history, start = [], time.time()
+    start = time.time()
     with tqdm(total=args.epochs * trainer.iters_per_epoch, desc=args.exp, mininterval=1.0) as bar:
         for epoch in range(1, args.epochs + 1):
             for _ in range(trainer.iters_per_epoch):
@@ -336,8 +305,7 @@ def main(argv=None):
                 entry = {"epoch": epoch, "iteration": bar.n, "seconds": round(time.time() - start, 1),
                          "loss_potential": loss_v.item(), "loss_map": loss_t.item()}
                 entry.update(save_outputs(trainer, epoch))
-                history.append(entry)
-                write_json(os.path.join(args.savepath, "metrics.json"), history)
+                metrics.append(entry)
                 bar.write(json.dumps(entry))
     print(f"done in {time.time() - start:.0f} s; outputs in {args.savepath}")
 

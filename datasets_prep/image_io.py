@@ -14,7 +14,7 @@ from PIL import Image
 
 from uot.errors import UsageError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def list_image_files(folder, recursive=True):
@@ -53,16 +53,6 @@ def resize_center_crop(img, size):
         img = TF.resize(img, size, interpolation=TF.InterpolationMode.BILINEAR)
         img = TF.center_crop(img, [size, size])
     return img
-
-
-class ResizeCenterCrop:
-    """PIL image -> uint8 tensor 3 x size x size (a transform for torchvision datasets)."""
-
-    def __init__(self, size):
-        self.size = size
-
-    def __call__(self, img):
-        return pil_to_uint8(resize_center_crop(img.convert("RGB"), self.size))
 
 
 def resize_square(images, size):

@@ -20,12 +20,11 @@ import socket
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import CIFAR10, LSUN, MNIST
+from torchvision.datasets import CIFAR10, MNIST
 from tqdm import tqdm
 
-from datasets_prep.image_io import (ResizeCenterCrop, decode_image, list_image_files, pil_to_uint8,
-                                    resize_center_crop, resize_square)
-from datasets_prep.lmdb_dataset import LMDBImageDataset, is_lmdb
+from datasets_prep.image_io import decode_image, list_image_files, pil_to_uint8, resize_center_crop, resize_square
+from datasets_prep.lmdb_dataset import KeyOrderLMDBDataset, LMDBImageDataset, is_lmdb
 from uot.errors import UsageError
 
 IMAGE_DATASETS = ("digits", "mnist", "cifar10", "cifar10+mnist", "celeba_256", "lsun", "imagefolder")
@@ -270,4 +269,4 @@ def _lsun(root, image_size, split):
         raise UsageError(f"--datadir {root} holds no {db}_lmdb/ (with data.mdb); download LSUN "
                          f"church_outdoor (download.py -c church_outdoor from github.com/fyu/lsun) "
                          f"and unzip it there")
-    return LSUN(root, classes=[db], transform=ResizeCenterCrop(image_size))
+    return KeyOrderLMDBDataset(os.path.join(root, f"{db}_lmdb"), image_size)

@@ -38,8 +38,24 @@ def image_key(index):
     return str(index).encode()
 
 
+_open_envs = {}  # real path -> (id of the process that opened it, read-only environment)
+
+
 def _open(path):
-    return lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+    """This process's read-only environment of `path`, shared by every dataset on it.
+
+    py-lmdb refuses to open the same files twice in one process, and counts an environment
+    inherited through fork: a DataLoader worker of a process that has read the LMDB closes
+    its inherited copy (its own mapping; lock=False holds no locks) and opens its own, since
+    an environment must not be used across a fork."""
+    real = os.path.realpath(path)
+    pid, env = _open_envs.get(real, (None, None))
+    if pid != os.getpid():
+        if env is not None:
+            env.close()
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+        _open_envs[real] = (os.getpid(), env)
+    return env
 
 
 def _read_length(txn, path):
@@ -70,33 +86,45 @@ class LMDBImageDataset(Dataset):
             raise UsageError(f"{os.path.join(path, 'data.mdb')} not found; --datadir must hold an "
                              "LMDB made by datasets_prep/folder_to_lmdb.py or celeba_to_lmdb.py")
         self.path, self.image_size = path, image_size
-        env = _open(path)
-        with env.begin() as txn:
-            self.length = _read_length(txn, path)
-        env.close()
-        self._env, self._env_pid = None, None
+        with _open(path).begin() as txn:
+            self.length = self._count(txn)
+
+    def _count(self, txn):
+        return _read_length(txn, self.path)
+
+    def _key(self, index):
+        return image_key(index)
 
     def __len__(self):
         return self.length
 
-    def _txn(self):
-        # An LMDB environment must not cross a fork: each DataLoader worker opens its own.
-        if self._env_pid != os.getpid():
-            self._env, self._env_pid = _open(self.path), os.getpid()
-        return self._env.begin()
-
     def __getitem__(self, index):
         if not 0 <= index < self.length:
             raise IndexError(index)
-        with self._txn() as txn:
-            value = txn.get(image_key(index))
-        name = f"LMDB {self.path} key {index}"
+        key = self._key(index)
+        with _open(self.path).begin() as txn:
+            value = txn.get(key)
+        name = f"LMDB {self.path} key {key.decode(errors='replace')}"
         if value is None:
             raise UsageError(f"{name} is missing; rebuild the LMDB with datasets_prep/folder_to_lmdb.py")
         return pil_to_uint8(resize_center_crop(decode_lmdb_value(value, name), self.image_size)), 0
 
-    def __getstate__(self):
-        return {**self.__dict__, "_env": None, "_env_pid": None}
+
+class KeyOrderLMDBDataset(LMDBImageDataset):
+    """(uint8 3 x size x size, 0) for every entry of an LMDB, in key order, whatever the keys.
+
+    For LSUN's LMDBs, which key each WebP image by a hash id. The keys are listed once when
+    the dataset is built (torchvision's LSUN instead caches them in a pickle in the working
+    directory, which concurrent ranks race on and which goes stale when a path changes)."""
+
+    def _count(self, txn):
+        self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        if not self.keys:
+            raise UsageError(f"LMDB {self.path} is empty; download and unzip it again")
+        return len(self.keys)
+
+    def _key(self, index):
+        return self.keys[index]
 
 
 def encode_image(img, encode, name):

@@ -25,12 +25,13 @@ from tqdm import tqdm
 import pytorch_fid.inception
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
+from datasets_prep import build_image_dataset
+from datasets_prep.image_io import list_image_files
 from uot import dist as udist
 from uot.errors import UsageError
 from uot.io import atomic_write_bytes
 
 FEATURE_DIM = 2048
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 DOWNLOAD_SOCKET_TIMEOUT_S = 20
 
 
@@ -240,28 +241,6 @@ def precision_recall(real_features, fake_features, k=3, chunk=1000, device="cpu"
 
 # ----------------------------------------------------------------------------- reference data
 
-class ImageFolder(torch.utils.data.Dataset):
-    """Every image under `folder` (recursively, sorted) as (uint8 CxHxW RGB, 0), resized to image_size."""
-
-    def __init__(self, folder, image_size):
-        self.files = sorted(os.path.join(root, name)
-                            for root, _, names in os.walk(folder) for name in names
-                            if name.lower().endswith(IMAGE_EXTENSIONS))
-        if not self.files:
-            raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
-        self.image_size = image_size
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, index):
-        with Image.open(self.files[index]) as image:
-            image = image.convert("RGB")
-            if image.size != (self.image_size, self.image_size):
-                image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
-            return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1), 0
-
-
 def dataset_features(dataset, inception, batch_size, device, num_workers=0, desc="reference"):
     """Inception features of every image of a dataset yielding (uint8 CxHxW, label); all ranks get all."""
     offset, count = _rank_share(len(dataset), udist.rank(), udist.world_size())
@@ -279,10 +258,11 @@ def is_image_folder(source):
 
 
 def reference_dataset(source, image_size, datadir=None):
-    """The images behind reference statistics: a folder, or a dataset's training split."""
+    """The images behind reference statistics, as (uint8 C x image_size x image_size, label):
+    a folder (resized and center-cropped as --dataset imagefolder trains on it), or a
+    dataset's training split."""
     if is_image_folder(source):
-        return ImageFolder(source, image_size)
-    from datasets_prep import build_image_dataset
+        return build_image_dataset("imagefolder", source, image_size)
     return build_image_dataset(source, datadir, image_size, split="train")
 
 
@@ -297,7 +277,7 @@ def reference_stats_path(source, image_size, stats_dir):
         return os.path.join(stats_dir, f"{source}_train_{image_size}.npz")
     folder = os.path.abspath(source)
     tag = hashlib.sha1(folder.encode()).hexdigest()[:8]
-    num_images = len(ImageFolder(folder, image_size))
+    num_images = len(list_image_files(folder))
     name = os.path.basename(folder.rstrip(os.sep)) or "root"
     return os.path.join(stats_dir, f"{name}_{tag}_{image_size}_{num_images}.npz")
 

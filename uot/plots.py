@@ -16,12 +16,17 @@ def save_figure(fig, path):
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def scatter_2d(target, generated, path, title=""):
-    """Target and generated 2-D points, on the same axes."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+def draw_scatter_2d(ax, target, generated, title=""):
+    """Target and generated 2-D points, on the same axes `ax` (one panel of a figure)."""
     ax.scatter(target[:, 0], target[:, 1], s=2, alpha=0.4, c="tab:blue", label="target")
     ax.scatter(generated[:, 0], generated[:, 1], s=2, alpha=0.4, c="tab:orange", label="generated")
     ax.set_aspect("equal")
     ax.legend(loc="upper right", markerscale=5)
     ax.set_title(title)
+
+
+def scatter_2d(target, generated, path, title=""):
+    """A one-panel figure of draw_scatter_2d, written to `path`."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    draw_scatter_2d(ax, target, generated, title)
     save_figure(fig, path)

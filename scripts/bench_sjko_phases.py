@@ -1,0 +1,74 @@
+"""Seconds per S-JKO iteration in phase 1 vs phase 10: does an iteration cost the same late
+in the flow as early on (O(K) training: one frozen reference network per phase)?
+
+    python scripts/bench_sjko_phases.py [--iters 100 --window 20] [--digits] [train.py flags]
+
+Runs train.main itself, 10 phases of `--iters` iterations each, with a stats.jsonl line
+every `--window` iterations: train.py's own images_per_s over each window is the timer,
+so what is timed is the real loop (data, noise, reference map, potential_step, map_step,
+EMA, bookkeeping). The first window of every phase is warm-up (phase setup, the frozen
+copy, allocator growth) and is dropped; the median of the others is the phase's figure.
+Phases are numbered from 1 here: phase 1 uses the identity reference, phases 2..10 run
+T_{k-1}. Default: the 2-D toy of the S-JKO README (batch 400); --digits: a small
+NCSN++ on 16x16 digits. Extra train.py flags are appended (e.g. --device cuda).
+"""
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import train  # noqa: E402
+
+TOY = ("--dataset 25gaussian --image_size 2 --model_name toy --nz 2 --batch_size 400 --lr_g 1e-4 --lr_d 2e-5 "
+       "--reg_name none --phi2 kl --no_use_ema")
+DIGITS = ("--dataset digits --image_size 16 --num_channels_dae 32 --ch_mult 1 2 2 --num_res_blocks 1 "
+          "--attn_resolutions 8 --ngf 32 --nz 16 --z_emb_dim 64 --n_mlp 2 --batch_size 64 --phi2 kl --use_ema "
+          "--ema_decay 0.999")
+NUM_PHASE = 10
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=100, help="iterations per phase")
+    parser.add_argument("--window", type=int, default=20, help="iterations per timed window")
+    parser.add_argument("--digits", action="store_true", help="small NCSN++ on digits instead of the 2-D toy")
+    bench, extra = parser.parse_known_args()
+    if bench.iters % bench.window or bench.iters < 2 * bench.window:
+        parser.error("--iters must be a multiple of --window, at least two windows")
+    total = NUM_PHASE * bench.iters
+    with tempfile.TemporaryDirectory() as outdir:
+        # one save, at the very end: it follows the last stats line, so no timed window holds it
+        argv = shlex.split(DIGITS if bench.digits else TOY) + [
+            "--num_phase", str(NUM_PHASE), "--init_h", "1", "--h", "1",
+            "--init_num_iterations", str(bench.iters), "--num_iterations", str(bench.iters),
+            "--log_every", str(bench.window), "--save_image_every", str(total),
+            "--save_content_every", str(total), "--save_ckpt_every", str(total),
+            "--outdir", outdir, "--exp", "bench"] + extra
+        if train.main(argv) != 0:
+            sys.exit("train.py failed")
+        dataset = argv[argv.index("--dataset") + 1]
+        records = [json.loads(line) for line in open(os.path.join(outdir, dataset, "bench", "stats.jsonl"))]
+        options = json.load(open(os.path.join(outdir, dataset, "bench", "options.json")))
+    batch = options["batch_size"]
+    windows_per_phase = bench.iters // bench.window
+    seconds = {}   # 1-based phase -> median seconds per iteration over its timed windows
+    for k in range(NUM_PHASE):
+        timed = records[k * windows_per_phase + 1:(k + 1) * windows_per_phase]
+        seconds[k + 1] = statistics.median(batch / r["images_per_s"] for r in timed)
+    print(f"{'digits NCSN++' if bench.digits else '2-D toy'}: batch {batch}, device {options['device'] or 'auto'}, "
+          f"{bench.iters} iterations per phase, median of {windows_per_phase - 1} windows of {bench.window}")
+    for k, s in seconds.items():
+        print(f"phase {k:2d}: {s * 1e3:8.2f} ms/iteration")
+    print(f"phase 1: {seconds[1] * 1e3:.2f} ms  phase 10: {seconds[10] * 1e3:.2f} ms  "
+          f"ratio phase10/phase1 {seconds[10] / seconds[1]:.3f}  "
+          f"(phase10/phase2 {seconds[10] / seconds[2]:.3f}: both with a frozen reference network)")
+
+
+if __name__ == "__main__":
+    main()

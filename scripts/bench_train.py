@@ -1,0 +1,325 @@
+"""Training speed of train.py, one optimization at a time, against a plain baseline.
+
+    python scripts/bench_train.py --config cifar10|celeba_256|digits|toy [--device cpu|cuda]
+        [--batch_size N] [--warmup W --iters N --repeats R] [--no_compile] [--json PATH]
+
+One iteration is what train.py's loop does per step: train.potential_step (with R1),
+train.map_step, then the generator EMA, on synthetic batches of the config's shape
+(the data pipeline is not timed). The networks and flags come from train.py's own
+parser; every variant starts from the same initial weights. Variants:
+
+  baseline       fp32 eager, contiguous tensors, for-loop Adam, EMA as a per-parameter
+                 Python loop (the public code's way), R1 every step
+  one flag each  bf16 autocast, channels_last, torch.compile (G and D; R1 stays eager),
+                 foreach Adam, fused Adam, foreach-lerp EMA, TF32 + cudnn.benchmark (CUDA),
+                 lazy R1 (--r1_every 4: R1 on every 4th potential step, scaled by 4 --
+                 a different algorithm from the published one)
+  default        what train.py does with no speed flag on this device
+  all            every speed flag train.py has (published algorithm: R1 every step)
+  all+lazy_r1    the same with --r1_every 4
+
+Each variant is built and run for `--warmup` untimed iterations (torch.compile compiles
+there); then `--repeats` rounds time `--iters` iterations of every variant in turn, so
+that a shared machine's changing load hits all variants alike; the median round is
+reported. Peak memory is the variant's own CUDA max_memory_allocated (weights, optimizer
+states, activations); on CPU it is not measured (the process RSS mixes all variants).
+"""
+import argparse
+import gc
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import train  # noqa: E402
+from score_sde import build_generator, build_potential, count_parameters  # noqa: E402
+from uot.ema import make_ema, update_ema  # noqa: E402
+from uot.io import atomic_write_json  # noqa: E402
+from uot.losses import SemiDualLoss, image_cost_scale  # noqa: E402
+from uot.phi import select_phi  # noqa: E402
+
+# train.py flags of each benchmark configuration, and CPU-friendly timing defaults.
+CONFIGS = {
+    # UOTM CIFAR-10 as published: NCSN++ 128 channels, ch_mult 1 2 2 2, batch 256 (train.py's defaults)
+    "cifar10": dict(flags="--dataset cifar10", warmup=3, iters=10, repeats=3),
+    # UOTM CelebA-HQ 256 (scripts/uotm_celeba256.sh)
+    "celeba_256": dict(flags="--dataset celeba_256 --image_size 256 --num_channels_dae 64 --n_mlp 3 "
+                             "--ch_mult 1 1 2 2 4 4 --lr_d 1e-4 --lr_g 2e-4 --ema_decay 0.999 "
+                             "--batch_size 32 --tau 0.00001 --r1_gamma 5", warmup=3, iters=10, repeats=3),
+    # a small demo on sklearn's digits, upsampled to 16 px: a scaled-down NCSN++ (0.9M + 0.1M parameters)
+    "digits": dict(flags="--dataset digits --image_size 16 --num_channels_dae 32 --ch_mult 1 2 2 "
+                         "--num_res_blocks 1 --attn_resolutions 8 --ngf 16 --nz 16 --z_emb_dim 64 --n_mlp 2 "
+                         "--batch_size 64", warmup=2, iters=4, repeats=3),
+    # the S-JKO 2-D toy networks and batch (scripts/sjko_toy.sh), with train.py's default R1
+    "toy": dict(flags="--dataset 8gaussian --model_name toy --image_size 2 --nz 2 --batch_size 400 "
+                      "--lr_g 1e-4 --lr_d 2e-5", warmup=5, iters=20, repeats=5),
+}
+LAZY_R1_EVERY = 4
+
+BASELINE = dict(amp="none", channels_last=False, compile=False, adam="loop", ema="loop", cuda_fast=False,
+                r1_every=1)
+
+
+def variants(device, image_data):
+    """(name, settings, what) for every variant; the settings override BASELINE."""
+    cuda = device.type == "cuda"
+    defaults = train.build_parser().parse_args([])
+    # train.py's loop: fused Adam and the foreach-lerp EMA always; TF32 + cudnn.benchmark on CUDA
+    default = dict(amp=defaults.amp, channels_last=defaults.channels_last, compile=defaults.compile,
+                   adam="fused", ema="foreach", cuda_fast=cuda, r1_every=defaults.r1_every)
+    everything = dict(amp="bf16", channels_last=image_data, compile=True, adam="fused", ema="foreach",
+                      cuda_fast=cuda, r1_every=1)
+    return [
+        ("baseline", {}, "fp32 eager, contiguous, for-loop Adam, loop EMA, R1 every step"),
+        ("bf16", dict(amp="bf16"), "--amp bf16 (autocast)"),
+        ("channels_last", dict(channels_last=True), "--channels_last"),
+        ("compile", dict(compile=True), "--compile (G, D; R1 eager)"),
+        ("adam_foreach", dict(adam="foreach"), "Adam(foreach=True)"),
+        ("adam_fused", dict(adam="fused"), "Adam(fused=True)"),
+        ("ema_foreach", dict(ema="foreach"), "uot.ema.update_ema (_foreach_lerp_)"),
+        ("tf32_cudnn", dict(cuda_fast=True), "TF32 matmul/conv + cudnn.benchmark"),
+        ("lazy_r1", dict(r1_every=LAZY_R1_EVERY), f"--r1_every {LAZY_R1_EVERY} (changes the algorithm)"),
+        ("default", default, "train.py with no speed flag"),
+        ("all", everything, "every speed flag, R1 every step"),
+        ("all+lazy_r1", dict(everything, r1_every=LAZY_R1_EVERY), f"all + --r1_every {LAZY_R1_EVERY}"),
+    ]
+
+
+def not_applicable(settings, device, image_data, no_compile):
+    """Why a variant cannot run here, or None."""
+    if settings["channels_last"] and not image_data:
+        return "2-D toy data has no channels"
+    if settings["cuda_fast"] and device.type != "cuda":
+        return "CUDA only"
+    if settings["compile"] and no_compile:
+        return "skipped (--no_compile)"
+    return None
+
+
+@torch.no_grad()
+def update_ema_loop(ema, model, decay):
+    """The public code's EMA: one multiply-add per parameter, from Python."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def set_cuda_fast(on):
+    """train.py's CUDA settings (run_training) when on, PyTorch's defaults when off."""
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = True   # PyTorch's default; train.py keeps it
+    torch.backends.cudnn.benchmark = on
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_args(config_flags, settings, batch_size, device):
+    """train.py's args for one variant, through its own parser and validation."""
+    argv = shlex.split(config_flags) + ["--device", device.type, "--amp", settings["amp"],
+                                        "--r1_every", str(settings["r1_every"])]
+    argv += ["--channels_last"] * settings["channels_last"] + ["--compile"] * settings["compile"]
+    if batch_size:
+        argv += ["--batch_size", str(batch_size)]
+    return train.resolve_args(train.build_parser().parse_args(argv), 1)
+
+
+def build_variant(config_flags, settings, batch_size, device):
+    """Networks, optimizers and one training iteration for one variant: returns `iteration(step)`
+    and the variant's args."""
+    args = train_args(config_flags, settings, batch_size, device)
+    # the same construction as train.run_training / training_loop
+    torch.manual_seed(args.seed)
+    G, D = build_generator(args), build_potential(args)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
+    G_ema = make_ema(G)
+    adam = dict(betas=(args.beta1, args.beta2), foreach=False, fused=False)
+    if settings["adam"] != "loop":
+        adam[settings["adam"]] = True
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, **adam)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, **adam)
+    ema_step = update_ema if settings["ema"] == "foreach" else update_ema_loop
+    G_fast, D_fast = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else nullcontext()
+    loss_fn = SemiDualLoss(select_phi(args.phi1), select_phi(args.phi2))
+    cost_scale = image_cost_scale(args.tau)
+
+    shape = (args.image_size,) if args.toy else (args.num_channels, args.image_size, args.image_size)
+    real = torch.rand((args.batch_size,) + shape, device=device) * 2 - 1   # a batch in [-1, 1]
+    if args.channels_last:
+        real = real.contiguous(memory_format=torch.channels_last)   # as datasets_prep.loader yields it
+
+    def iteration(step):
+        """One step of train.training_loop (UOTM, identity reference: y_ref = x); returns the losses."""
+        x = torch.randn_like(real)
+        z = lambda: torch.randn(args.batch_size, args.nz, device=device)  # noqa: E731
+        penalize_r1 = args.reg_name == "r1" and args.r1_gamma > 0 and step % args.r1_every == 0
+        loss_D, *_ = train.potential_step(
+            G_fast, D, D_fast, opt_D, loss_fn, real, x, z(), x, cost_scale,
+            r1_weight=0.5 * args.r1_gamma * args.r1_every if penalize_r1 else 0.0, gp_weight=0.0,
+            autocast=autocast)
+        loss_G = train.map_step(G, G_fast, D, D_fast, opt_G, loss_fn, x, z(), x, cost_scale, autocast)
+        ema_step(G_ema, G, args.ema_decay)
+        return torch.stack([loss_D, loss_G])
+
+    return iteration, args, count_parameters(G), count_parameters(D)
+
+
+class Runner:
+    """One variant, built and warmed up; `time(iters)` adds one timed repeat."""
+
+    def __init__(self, config_flags, settings, batch_size, device, warmup, iters):
+        self.device, self.settings = device, settings
+        if device.type == "cuda":
+            set_cuda_fast(settings["cuda_fast"])
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)   # the variants built before this one
+        self.iteration, args, params_G, params_D = build_variant(config_flags, settings, batch_size, device)
+        # lazy R1: a whole number of R1 periods per repeat, and both kinds of step in the warm-up
+        period = args.r1_every
+        self.iters = -(-iters // period) * period
+        self.warmup = max(warmup, 2 * period) if period > 1 else warmup
+        self.step, self.losses, self.wall, self.cpu = 0, [], [], []
+        start = time.perf_counter()
+        self.run(self.warmup)   # torch.compile compiles here
+        self.warmup_s = time.perf_counter() - start
+        # this variant's own peak: weights, optimizer states, activations (the others stay constant)
+        self.peak_mib = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20 if device.type == "cuda" else None
+        self.info = dict(batch_size=args.batch_size, params_G=params_G, params_D=params_D)
+
+    def run(self, n):
+        if self.device.type == "cuda":
+            set_cuda_fast(self.settings["cuda_fast"])
+        for _ in range(n):
+            self.losses.append(self.iteration(self.step))
+            self.step += 1
+        sync(self.device)
+
+    def time(self):
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.run(self.iters)
+        self.wall.append((time.perf_counter() - wall) / self.iters)
+        self.cpu.append((time.process_time() - cpu) / self.iters)
+
+    def figures(self):
+        ms = statistics.median(self.wall) * 1e3
+        return dict(self.info, status="ok", ms_per_iter=ms, images_per_s=self.info["batch_size"] / ms * 1e3,
+                    ms_per_iter_repeats=[t * 1e3 for t in self.wall],
+                    cpu_ms_per_iter=statistics.median(self.cpu) * 1e3, warmup_s=self.warmup_s,
+                    warmup=self.warmup, iters=self.iters, repeats=len(self.wall), peak_memory_mib=self.peak_mib,
+                    losses_finite=bool(torch.isfinite(torch.stack(self.losses)).all()))
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+
+
+def load_average():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="digits")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--batch_size", type=int, default=None, help="override the config's batch")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations per variant (compile here)")
+    parser.add_argument("--iters", type=int, default=None, help="iterations per timed repeat")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats; the median is reported")
+    parser.add_argument("--no_compile", action="store_true", help="report the torch.compile variants as n/a")
+    parser.add_argument("--json", default=None, help="write every figure to this file")
+    bench = parser.parse_args(argv)
+    config = CONFIGS[bench.config]
+    device = torch.device(bench.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    timing = {k: getattr(bench, k) if getattr(bench, k) is not None else config[k]
+              for k in ("warmup", "iters", "repeats")}
+    image_data = bench.config != "toy"
+    # several compiled variants live side by side: let each keep its graphs instead of
+    # silently falling back to eager at the default limit of 8 per function
+    torch._dynamo.config.recompile_limit = 64
+    load_before = load_average()
+
+    print(f"config {bench.config}: train.py {config['flags']}" +
+          (f" --batch_size {bench.batch_size}" if bench.batch_size else ""))
+    print(f"device {device_name(device)}, torch {torch.__version__}; warm-up {timing['warmup']}, then "
+          f"{timing['repeats']} rounds of {timing['iters']} iterations per variant, variants interleaved",
+          flush=True)
+    records, runners = [], {}
+    for name, overrides, what in variants(device, image_data):
+        settings = dict(BASELINE, **overrides)
+        record = dict(name=name, what=what, settings=settings)
+        records.append(record)
+        reason = not_applicable(settings, device, image_data, bench.no_compile)
+        if reason is None:
+            print(f"  warming up {name}", flush=True)
+            try:
+                runners[name] = Runner(config["flags"], settings, bench.batch_size, device,
+                                       timing["warmup"], timing["iters"])
+            except Exception as err:   # e.g. torch.compile without a working C compiler: report it, go on
+                if not settings["compile"]:
+                    raise
+                reason = f"failed: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:120]}"
+        if reason is not None:
+            record.update(status="n/a", reason=reason)
+    # round robin: every variant sees the same share of a shared machine's load
+    for _ in range(timing["repeats"]):
+        for runner in runners.values():
+            runner.time()
+
+    header = (f"{'variant':14s} {'images/s':>10s} {'ms/iter':>9s} {'CPU ms':>8s} {'peak MiB':>9s} {'vs base':>8s} "
+              f"{'warm-up s':>9s}  what")
+    print(header)
+    print("-" * len(header))
+    base = runners["baseline"].figures()["images_per_s"]
+    for record in records:
+        if record.get("status") == "n/a":
+            print(f"{record['name']:14s} {'n/a':>10s} {'':50s}  {record['what']} -- {record['reason']}")
+            continue
+        record.update(runners[record["name"]].figures())
+        record["vs_baseline"] = record["images_per_s"] / base
+        peak = f"{record['peak_memory_mib']:.0f}" if record["peak_memory_mib"] is not None else "n/a"
+        print(f"{record['name']:14s} {record['images_per_s']:10.1f} {record['ms_per_iter']:9.2f} "
+              f"{record['cpu_ms_per_iter']:8.1f} {peak:>9s} {record['vs_baseline']:7.2f}x {record['warmup_s']:9.1f}  "
+              f"{record['what']}" + ("" if record["losses_finite"] else "  (non-finite loss!)"))
+    if device.type == "cuda":
+        set_cuda_fast(True)
+    print("vs base: images/s over the baseline's (below 1: slower). ms/iter: median wall time; CPU ms: process "
+          "CPU time, all threads. Peak MiB: CUDA max_memory_allocated of the variant (not measured on CPU).")
+
+    if bench.json:
+        atomic_write_json(bench.json, dict(
+            config=bench.config, config_flags=config["flags"], batch_size=records[0]["batch_size"],
+            device=device.type, device_name=device_name(device), torch=torch.__version__,
+            torch_threads=torch.get_num_threads(), load_average_before=load_before, load_average_after=load_average(),
+            command=shlex.join(["python", "scripts/bench_train.py"] + (sys.argv[1:] if argv is None else argv)),
+            time=time.strftime("%Y-%m-%d %H:%M:%S"), **timing, variants=records))
+        print(f"wrote {bench.json}")
+    return records
+
+
+if __name__ == "__main__":
+    main()
