@@ -91,8 +91,8 @@ def build_parser():
     opt.add_argument("--schedule", type=int, default=1800, help="cosine LR period in epochs (UOTM)")
     opt.add_argument("--no_lr_decay", action="store_true")
     opt.add_argument("--eta_min", type=float, default=None, help="cosine floor (1e-5 UOTM, 5e-5 S-JKO)")
-    opt.add_argument("--use_ema", dest="use_ema", action="store_true", default=True,
-                     help="keep an EMA of G (on by default; the flag is accepted as 'on')")
+    opt.add_argument("--use_ema", dest="use_ema", action="store_true", default=None,
+                     help="keep an EMA of G (default: on for UOTM; for S-JKO off unless given, as in its code)")
     opt.add_argument("--no_use_ema", dest="use_ema", action="store_false")
     opt.add_argument("--ema_decay", type=float, default=0.9999)
     opt.add_argument("--tau", type=float, default=1e-3, help="UOTM cost c = tau * ||x - y||^2")
@@ -165,11 +165,13 @@ def resolve_args(args, world):
         args.loss = args.loss or ("uot" if args.phi2 else "jsd")
         args.phi2 = args.phi2 or "kl"
         args.eta_min = 5e-5 if args.eta_min is None else args.eta_min
+        args.use_ema = bool(args.use_ema)   # the S-JKO code's store_true: on only when passed
         defaults = dict(save_image_every=5000, save_content_every=2000, save_ckpt_every=10000)
     else:
         args.phi1, args.phi2 = args.phi1 or "kl", args.phi2 or "kl"
         args.loss = args.loss or "uot"
         args.eta_min = 1e-5 if args.eta_min is None else args.eta_min
+        args.use_ema = args.use_ema is not False   # on unless --no_use_ema (the seed passes --use_ema meaning on)
         defaults = dict(save_image_every=10, save_content_every=10, save_ckpt_every=25)
     for key, value in defaults.items():
         if getattr(args, key) is None:

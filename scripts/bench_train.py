@@ -1,7 +1,8 @@
 """Training speed of train.py, one optimization at a time, against a plain baseline.
 
     python scripts/bench_train.py --config cifar10|celeba_256|digits|toy [--device cpu|cuda]
-        [--batch_size N] [--warmup W --iters N --repeats R] [--no_compile] [--json PATH]
+        [--batch_size N] [--warmup W --iters N --repeats R] [--compile auto|on|off]
+        [--variants NAME ...] [--json PATH]
 
 One iteration is what train.py's loop does per step: train.potential_step (with R1),
 train.map_step, then the generator EMA, on synthetic batches of the config's shape
@@ -15,7 +16,8 @@ parser; every variant starts from the same initial weights. Variants:
                  lazy R1 (--r1_every 4: R1 on every 4th potential step, scaled by 4 --
                  a different algorithm from the published one)
   default        what train.py does with no speed flag on this device
-  all            every speed flag train.py has (published algorithm: R1 every step)
+  all            every speed flag train.py has (published algorithm: R1 every step);
+                 without --compile where the compile variants are skipped
   all+lazy_r1    the same with --r1_every 4
 
 Each variant is built and run for `--warmup` untimed iterations (torch.compile compiles
@@ -25,7 +27,6 @@ reported. Peak memory is the variant's own CUDA max_memory_allocated (weights, o
 states, activations); on CPU it is not measured (the process RSS mixes all variants).
 """
 import argparse
-import gc
 import os
 import platform
 import shlex
@@ -54,13 +55,13 @@ CONFIGS = {
     "celeba_256": dict(flags="--dataset celeba_256 --image_size 256 --num_channels_dae 64 --n_mlp 3 "
                              "--ch_mult 1 1 2 2 4 4 --lr_d 1e-4 --lr_g 2e-4 --ema_decay 0.999 "
                              "--batch_size 32 --tau 0.00001 --r1_gamma 5", warmup=3, iters=10, repeats=3),
-    # a small demo on sklearn's digits, upsampled to 16 px: a scaled-down NCSN++ (0.9M + 0.1M parameters)
+    # a small demo on sklearn's digits, upsampled to 16 px: a scaled-down NCSN++ (G 1.4M, D 0.8M parameters)
     "digits": dict(flags="--dataset digits --image_size 16 --num_channels_dae 32 --ch_mult 1 2 2 "
                          "--num_res_blocks 1 --attn_resolutions 8 --ngf 16 --nz 16 --z_emb_dim 64 --n_mlp 2 "
-                         "--batch_size 64", warmup=2, iters=4, repeats=3),
+                         "--batch_size 64", warmup=1, iters=2, repeats=3),
     # the S-JKO 2-D toy networks and batch (scripts/sjko_toy.sh), with train.py's default R1
     "toy": dict(flags="--dataset 8gaussian --model_name toy --image_size 2 --nz 2 --batch_size 400 "
-                      "--lr_g 1e-4 --lr_d 2e-5", warmup=5, iters=20, repeats=5),
+                      "--lr_g 1e-4 --lr_d 2e-5", warmup=3, iters=10, repeats=3),
 }
 LAZY_R1_EVERY = 4
 
@@ -68,15 +69,17 @@ BASELINE = dict(amp="none", channels_last=False, compile=False, adam="loop", ema
                 r1_every=1)
 
 
-def variants(device, image_data):
-    """(name, settings, what) for every variant; the settings override BASELINE."""
+def variants(device, image_data, compile_ok=True):
+    """(name, settings, what) for every variant; the settings override BASELINE. Without
+    compile_ok, "all" is every other speed flag."""
     cuda = device.type == "cuda"
     defaults = train.build_parser().parse_args([])
     # train.py's loop: fused Adam and the foreach-lerp EMA always; TF32 + cudnn.benchmark on CUDA
     default = dict(amp=defaults.amp, channels_last=defaults.channels_last, compile=defaults.compile,
                    adam="fused", ema="foreach", cuda_fast=cuda, r1_every=defaults.r1_every)
-    everything = dict(amp="bf16", channels_last=image_data, compile=True, adam="fused", ema="foreach",
+    everything = dict(amp="bf16", channels_last=image_data, compile=compile_ok, adam="fused", ema="foreach",
                       cuda_fast=cuda, r1_every=1)
+    no_compile = "" if compile_ok else " but --compile"
     return [
         ("baseline", {}, "fp32 eager, contiguous, for-loop Adam, loop EMA, R1 every step"),
         ("bf16", dict(amp="bf16"), "--amp bf16 (autocast)"),
@@ -88,19 +91,29 @@ def variants(device, image_data):
         ("tf32_cudnn", dict(cuda_fast=True), "TF32 matmul/conv + cudnn.benchmark"),
         ("lazy_r1", dict(r1_every=LAZY_R1_EVERY), f"--r1_every {LAZY_R1_EVERY} (changes the algorithm)"),
         ("default", default, "train.py with no speed flag"),
-        ("all", everything, "every speed flag, R1 every step"),
-        ("all+lazy_r1", dict(everything, r1_every=LAZY_R1_EVERY), f"all + --r1_every {LAZY_R1_EVERY}"),
+        ("all", everything, f"every speed flag{no_compile}, R1 every step"),
+        ("all+lazy_r1", dict(everything, r1_every=LAZY_R1_EVERY), f"all{no_compile} + --r1_every {LAZY_R1_EVERY}"),
     ]
 
 
-def not_applicable(settings, device, image_data, no_compile):
+def compile_skipped(compile_mode, device, image_data):
+    """Why the torch.compile variants do not run, or None."""
+    if compile_mode == "off":
+        return "skipped (--compile off)"
+    if compile_mode == "auto" and device.type == "cpu" and image_data:
+        # measured: 295 s of warm-up for the digits NCSN++ on a shared 2-core CPU, per variant
+        return "skipped: compiling NCSN++ on CPU takes minutes per variant (--compile on to try)"
+    return None
+
+
+def not_applicable(settings, device, image_data, compile_reason):
     """Why a variant cannot run here, or None."""
     if settings["channels_last"] and not image_data:
         return "2-D toy data has no channels"
     if settings["cuda_fast"] and device.type != "cuda":
         return "CUDA only"
-    if settings["compile"] and no_compile:
-        return "skipped (--no_compile)"
+    if settings["compile"] and compile_reason:
+        return compile_reason
     return None
 
 
@@ -136,8 +149,8 @@ def train_args(config_flags, settings, batch_size, device):
 
 
 def build_variant(config_flags, settings, batch_size, device):
-    """Networks, optimizers and one training iteration for one variant: returns `iteration(step)`
-    and the variant's args."""
+    """Networks, optimizers and one training iteration for one variant: returns `iteration(step)`,
+    the variant's args and the parameter counts of G and D."""
     args = train_args(config_flags, settings, batch_size, device)
     # the same construction as train.run_training / training_loop
     torch.manual_seed(args.seed)
@@ -178,7 +191,7 @@ def build_variant(config_flags, settings, batch_size, device):
 
 
 class Runner:
-    """One variant, built and warmed up; `time(iters)` adds one timed repeat."""
+    """One variant, built and warmed up; each `time()` adds one timed repeat."""
 
     def __init__(self, config_flags, settings, batch_size, device, warmup, iters):
         self.device, self.settings = device, settings
@@ -191,12 +204,13 @@ class Runner:
         # lazy R1: a whole number of R1 periods per repeat, and both kinds of step in the warm-up
         period = args.r1_every
         self.iters = -(-iters // period) * period
-        self.warmup = max(warmup, 2 * period) if period > 1 else warmup
+        self.warmup = max(warmup, 2) if period > 1 else warmup
         self.step, self.losses, self.wall, self.cpu = 0, [], [], []
         start = time.perf_counter()
         self.run(self.warmup)   # torch.compile compiles here
         self.warmup_s = time.perf_counter() - start
-        # this variant's own peak: weights, optimizer states, activations (the others stay constant)
+        # this variant's own peak over its warm-up: weights, optimizer states, activations
+        # (the variants built before it hold their memory constant meanwhile)
         self.peak_mib = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20 if device.type == "cuda" else None
         self.info = dict(batch_size=args.batch_size, params_G=params_G, params_D=params_D)
 
@@ -250,7 +264,11 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations per variant (compile here)")
     parser.add_argument("--iters", type=int, default=None, help="iterations per timed repeat")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats; the median is reported")
-    parser.add_argument("--no_compile", action="store_true", help="report the torch.compile variants as n/a")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="run the torch.compile variants (auto: not for NCSN++ on CPU, where compiling "
+                             "takes minutes)")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                        help="run only these (the baseline always runs); default: all")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     bench = parser.parse_args(argv)
     config = CONFIGS[bench.config]
@@ -269,11 +287,18 @@ def main(argv=None):
           f"{timing['repeats']} rounds of {timing['iters']} iterations per variant, variants interleaved",
           flush=True)
     records, runners = [], {}
-    for name, overrides, what in variants(device, image_data):
+    compile_reason = compile_skipped(bench.compile, device, image_data)
+    names = [name for name, _, _ in variants(device, image_data)]
+    unknown = sorted(set(bench.variants or []) - set(names))
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(names)}")
+    for name, overrides, what in variants(device, image_data, compile_ok=compile_reason is None):
         settings = dict(BASELINE, **overrides)
         record = dict(name=name, what=what, settings=settings)
         records.append(record)
-        reason = not_applicable(settings, device, image_data, bench.no_compile)
+        reason = not_applicable(settings, device, image_data, compile_reason)
+        if reason is None and bench.variants and name != "baseline" and name not in bench.variants:
+            reason = "not selected (--variants)"
         if reason is None:
             print(f"  warming up {name}", flush=True)
             try:

@@ -5,7 +5,8 @@
 
 Rows are datasets, columns runs: each panel is the run's last samples.npz (the 4000
 evaluation points train.py saved at its last save). The table prints the metrics of the
-last metrics.json record of each run, as train.py computed them.
+last metrics.json record of each run, as train.py computed them, and for 25gaussian how
+many of its 16 outer modes (the border of the 5 x 5 grid) the same samples cover.
 """
 import argparse
 import json
@@ -19,7 +20,16 @@ sys.path.insert(0, ROOT)
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from datasets_prep.toy import TOY_MODES  # noqa: E402
+from uot.metrics import mode_coverage  # noqa: E402
 from uot.plots import draw_scatter_2d, save_figure  # noqa: E402
+
+
+def outer_modes_covered(generated):
+    """Covered modes (uot.metrics.mode_coverage's rule) among the 16 on the border of 25gaussian."""
+    means, std = TOY_MODES["25gaussian"]
+    outer = means[means.abs().amax(1) == 6]
+    return round(mode_coverage(generated, outer, std) * len(outer))
 
 
 def main():
@@ -32,15 +42,16 @@ def main():
 
     rows, cols = len(a.datasets), len(a.exps)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
-    print("| dataset | run | iterations | mode coverage | k-NN KL | energy distance |")
-    print("|---|---|---|---|---|---|")
+    print("| dataset | run | iterations | mode coverage | outer modes | k-NN KL | energy distance |")
+    print("|---|---|---|---|---|---|---|")
     for i, dataset in enumerate(a.datasets):
         for j, exp in enumerate(a.exps):
             run_dir = os.path.join(a.logdir, dataset, exp)
             samples = np.load(os.path.join(run_dir, "samples.npz"))
             last = json.load(open(os.path.join(run_dir, "metrics.json")))[-1]
             coverage = f"{last['mode_coverage']:.2f}" if "mode_coverage" in last else "n/a"
-            print(f"| {dataset} | {exp} | {last['step']} | {coverage} | {last['knn_kl']:.3f} | "
+            outer = f"{outer_modes_covered(samples['generated'])}/16" if dataset == "25gaussian" else "n/a"
+            print(f"| {dataset} | {exp} | {last['step']} | {coverage} | {outer} | {last['knn_kl']:.3f} | "
                   f"{last['energy_distance']:.3f} |")
             title = f"{dataset}, {exp}, step {last['step']}"
             if "mode_coverage" in last:
@@ -48,6 +59,7 @@ def main():
             else:
                 title += f"\nKL {last['knn_kl']:.2f}, energy {last['energy_distance']:.2f}"
             draw_scatter_2d(axes[i, j], samples["target"], samples["generated"], title)
+    fig.tight_layout()   # two-line titles: keep them clear of the row above
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     save_figure(fig, a.out)
     print(f"wrote {a.out}")

@@ -1,6 +1,28 @@
+"""Shared test set-up: the repository on sys.path, and a stand-in for the FID Inception weights."""
 import os
 import sys
+
+import pytest
+import torch
+import torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory):
+    """TORCH_HOME whose hub cache holds a random-weights Inception of the FID architecture."""
+    home = tmp_path_factory.mktemp("torch_home")
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
+                                          init_weights=False)
+    torch.manual_seed(0)
+    for module in net.modules():  # He init keeps activations O(1) through the 94 layers
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    os.makedirs(home / "hub" / "checkpoints")
+    torch.save(net.state_dict(), home / "hub" / "checkpoints" / WEIGHTS_NAME)
+    return home

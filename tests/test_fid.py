@@ -18,10 +18,10 @@ from scipy import linalg
 
 from score_sde import add_model_args, build_generator
 from uot import fid
+from conftest import WEIGHTS_NAME
 from uot.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 # Any download attempt fails at once (connection refused) instead of reaching the network.
 OFFLINE = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
            "no_proxy": "", "NO_PROXY": ""}
@@ -49,21 +49,6 @@ def read_records(run_dir):
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def torch_home(tmp_path_factory):
-    """TORCH_HOME whose hub cache holds a random-weights Inception of the FID architecture."""
-    home = tmp_path_factory.mktemp("torch_home")
-    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008,
-                                          init_weights=False)
-    torch.manual_seed(0)
-    for module in net.modules():  # He init keeps activations O(1) through the 94 layers
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    os.makedirs(home / "hub" / "checkpoints")
-    torch.save(net.state_dict(), home / "hub" / "checkpoints" / WEIGHTS_NAME)
-    return home
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

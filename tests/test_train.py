@@ -1,11 +1,14 @@
 """train.py end to end on tiny configurations: one iteration, EMA, resume, S-JKO phases,
 torchrun with two CPU processes, and the published commands (--dry_run)."""
 import json
+import math
 import os
+import re
 import shlex
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,28 +133,25 @@ def test_reference_map_is_T_frozen_at_the_phase_boundary(tmp_path):
     assert "phase 1: steps 3-5" in log and "reference T_0" in log
 
 
-SEED_COMMANDS = [
-    # UOTM README (seed 000)
-    "--dataset cifar10+mnist --exp kl_anomaly --phi1 kl --phi2 kl",
-    "--exp kl --phi1 kl --phi2 kl",
-    "--dataset celeba_256 --exp kl --phi1 kl --phi2 kl --image_size 256 --num_channels_dae 64 --n_mlp 3 "
-    "--ch_mult 1 1 2 2 4 4 --lr_d 1e-4 --lr_g 2e-4 --schedule 700 --ema_decay 0.999 --batch_size 32 "
-    "--num_epoch 450 --tau 0.00001 --r1_gamma 5",
-    # S-JKO README (seed 001), images
-    "--exp e --phi2 kl --num_phase 100 --init_h 0.1 --h 0.1 --init_num_iterations 10000 "
-    "--num_iterations 2000 --use_ema --ema_decay 0.9999 --lr_scheduler",
-    "--exp e --num_phase 100 --init_h 0.1 --h 0.1 --init_num_iterations 10000 --num_iterations 2000 "
-    "--use_ema --ema_decay 0.9999 --lr_scheduler",
-    "--exp e --phi2 chi --num_phase 1 --init_h 0.1 --h 0.1 --init_num_iterations 120000 --use_ema "
-    "--ema_decay 0.9999 --lr_scheduler",
-    # S-JKO README, toys
-    "--exp e --phi1 kl --phi2 kl --dataset 25gaussian --image_size 2 --model_name toy --nz 2 --batch_size 400 "
-    "--lr_g 1e-4 --lr_d 2e-5 --reg_name none --num_phase 1 --init_h 1 --h 1 --init_num_iterations 50000 "
-    "--save_image_every 5000",
-    "--exp e --phi2 softplus --dataset twocircles --image_size 2 --model_name toy --nz 2 --batch_size 400 "
-    "--lr_g 1e-4 --lr_d 2e-5 --reg_name none --num_phase 10 --init_h 1 --h 1 --init_num_iterations 5000 "
-    "--num_iterations 5000 --save_image_every 5000",
-]
+def seed_train_commands():
+    """Every `python train.py ...` command of the seed READMEs, with its placeholders filled:
+    {exp_name} -> exp_name, {kl,chi,softplus} -> kl (the first choice)."""
+    commands = []
+    for name in sorted(os.listdir(SEEDS)):
+        text = open(os.path.join(SEEDS, name)).read()
+        text = re.sub(r"\\\\?\n", " ", text)   # line continuations, written \ or \\ in the READMEs
+        for line in text.splitlines():
+            if line.strip().startswith("python train.py"):
+                line = re.sub(r"\{([^},]*)[^}]*\}", r"\1", line.strip())
+                commands.append(line[len("python train.py"):].strip())
+    return commands
+
+
+SEED_COMMANDS = seed_train_commands()
+
+
+def test_the_seed_readmes_hold_nine_train_commands():
+    assert len(SEED_COMMANDS) == 9   # UOTM: 3 image runs; S-JKO: 3 toy and 3 CIFAR-10 runs
 
 
 @pytest.mark.parametrize("command", SEED_COMMANDS)
@@ -160,11 +160,18 @@ def test_published_commands_parse_and_build(command, capsys):
     assert "parameters" in capsys.readouterr().out
 
 
-def test_seed_readmes_commands_are_the_ones_tested():
-    """Every train.py command of the seed READMEs appears above (modulo placeholders)."""
-    text = open(os.path.join(SEEDS, "000_76ccd4b06925fd5e.txt")).read()
-    assert "python train.py --exp kl --phi1 kl --phi2 kl" in text
-    assert "--dataset cifar10+mnist --exp kl_anomaly --phi1 kl --phi2 kl" in text
+TRAIN_SCRIPTS = sorted(name for name in os.listdir(os.path.join(ROOT, "scripts"))
+                       if name.endswith(".sh") and "train.py" in open(os.path.join(ROOT, "scripts", name)).read())
+
+
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS)
+def test_experiment_scripts_run_as_written(script):
+    # LAUNCH replaces torchrun by one process: the flags are checked and the networks built
+    env = dict(os.environ, PYTHON=sys.executable, LAUNCH=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--dry_run", "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "parameters" in proc.stdout
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
@@ -178,3 +185,16 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # 1797 // 256 = 7 iterations: the global batch was split over the two ranks
     assert stats[-1]["step"] == 7
     assert all(r["rank_param_spread"] == 0.0 for r in stats)
+
+
+def test_fid_every_logs_the_fid_of_the_ema_generator(tmp_path, torch_home, monkeypatch):
+    # the Inception stand-in of conftest sits in the hub cache, where the real weights are looked up
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(2048), sigma=np.eye(2048))
+    assert run(TINY_IMAGE + f" --num_phase 1 --init_num_iterations 2 --phi2 kl --fid_every 2 --fid_samples 4 "
+               f"--fid_ref_stats {ref}", tmp_path) == 0
+    [record] = [r for r in read_jsonl(run_dir(tmp_path, "digits") / "stats.jsonl") if "fid" in r]
+    assert record["step"] == 2 and record["fid_samples"] == 4
+    assert math.isfinite(record["fid"]) and record["fid"] > 0
+    assert "FID (4 samples)" in open(run_dir(tmp_path, "digits") / "log.txt").read()

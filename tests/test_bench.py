@@ -1,0 +1,59 @@
+"""scripts/bench_train.py: every variant is reported, with figures that add up, and its
+baseline EMA is the same average as uot.ema's."""
+import json
+import os
+import sys
+
+import torch
+
+from uot.ema import make_ema, update_ema
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import bench_train  # noqa: E402
+
+NAMES = ["baseline", "bf16", "channels_last", "compile", "adam_foreach", "adam_fused", "ema_foreach", "tf32_cudnn",
+         "lazy_r1", "default", "all", "all+lazy_r1"]
+
+
+def test_toy_run_reports_every_variant(tmp_path):
+    path = tmp_path / "bench.json"
+    # compiling takes a minute on CPU: the compile variants are reported as n/a here
+    bench_train.main(["--config", "toy", "--device", "cpu", "--warmup", "1", "--iters", "1", "--repeats", "1",
+                      "--compile", "off", "--json", str(path)])
+    report = json.load(open(path))
+    assert report["config"] == "toy" and report["batch_size"] == 400 and report["device"] == "cpu"
+    assert report["torch"] == torch.__version__ and "--config toy" in report["command"]
+    variants = {v["name"]: v for v in report["variants"]}
+    assert list(variants) == NAMES
+    not_here = {"channels_last", "compile", "tf32_cudnn"}   # 2-D data, compile off, CPU
+    for name, v in variants.items():
+        if name in not_here:
+            assert v["status"] == "n/a" and v["reason"], name
+            continue
+        assert v["status"] == "ok" and v["losses_finite"], name
+        assert v["images_per_s"] > 0 and v["ms_per_iter"] > 0 and v["vs_baseline"] > 0, name
+        assert abs(v["images_per_s"] * v["ms_per_iter"] - 400 * 1e3) < 1e-6 * 400 * 1e3
+        assert abs(v["vs_baseline"] - v["images_per_s"] / variants["baseline"]["images_per_s"]) < 1e-9
+    assert variants["baseline"]["vs_baseline"] == 1.0
+    # lazy R1 times whole R1 periods; the default is train.py's: fused Adam, foreach EMA, fp32, R1 every step
+    assert variants["lazy_r1"]["iters"] == 4 and variants["lazy_r1"]["settings"]["r1_every"] == 4
+    assert variants["default"]["settings"] == dict(bench_train.BASELINE, adam="fused", ema="foreach")
+    # with compile off, "all" is every other flag that applies to 2-D data on CPU
+    assert variants["all"]["settings"] == dict(bench_train.BASELINE, amp="bf16", adam="fused", ema="foreach")
+
+
+def test_baseline_ema_loop_is_the_foreach_lerp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema_loop, ema_lerp = make_ema(model), make_ema(model)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(5, 3))   # moves the BatchNorm buffers
+        bench_train.update_ema_loop(ema_loop, model, 0.9)
+        update_ema(ema_lerp, model, 0.9)
+    for a, b in zip(ema_loop.state_dict().values(), ema_lerp.state_dict().values()):
+        torch.testing.assert_close(a, b)
