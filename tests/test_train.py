@@ -21,9 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = os.path.join(ROOT, "..", "shared", "seeds")
 
 TINY_IMAGE = ("--dataset digits --image_size 8 --num_channels_dae 8 --ch_mult 1 2 --num_res_blocks 1 "
-              "--attn_resolutions 4 --ngf 8 --nz 4 --z_emb_dim 16 --n_mlp 2 --batch_size 16 --log_every 1")
+              "--attn_resolutions 4 --ngf 8 --nz 4 --z_emb_dim 16 --n_mlp 2 --batch_size 16 --log_every 1 --use_ema")
 TINY_TOY = ("--dataset 8gaussian --image_size 2 --model_name toy --nz 2 --batch_size 64 --reg_name none "
-            "--log_every 1")
+            "--log_every 1 --use_ema")   # --use_ema: S-JKO mode keeps no EMA unless asked
 
 
 def run(args, tmp_path, exp="t"):
@@ -198,3 +198,12 @@ def test_fid_every_logs_the_fid_of_the_ema_generator(tmp_path, torch_home, monke
     assert record["step"] == 2 and record["fid_samples"] == 4
     assert math.isfinite(record["fid"]) and record["fid"] > 0
     assert "FID (4 samples)" in open(run_dir(tmp_path, "digits") / "log.txt").read()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("", True), ("--use_ema", True), ("--no_use_ema", False),                 # UOTM: on unless turned off
+    ("--num_phase 2", False), ("--num_phase 2 --use_ema", True),               # S-JKO: off unless asked
+])
+def test_ema_default_follows_each_papers_code(flags, expected):
+    args = train.resolve_args(train.build_parser().parse_args(shlex.split(flags)), 1)
+    assert args.use_ema is expected
