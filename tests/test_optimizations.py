@@ -9,11 +9,10 @@ import pytest
 import torch
 
 import train
+from test_train import TINY_IMAGE, TINY_TOY
 from score_sde import build_generator, build_potential
 from uot.losses import SemiDualLoss
 
-TINY_IMAGE = ("--dataset digits --image_size 8 --num_channels_dae 8 --ch_mult 1 2 --num_res_blocks 1 "
-              "--attn_resolutions 4 --ngf 8 --nz 4 --z_emb_dim 16 --n_mlp 2 --batch_size 16 --log_every 1")
 
 
 def tiny_nets(channels_last=False):
@@ -103,3 +102,17 @@ def test_lazy_r1_penalizes_every_kth_step_and_runs_with_the_speed_flags(flags, t
     # steps 0 and 2 (records 1 and 3) carry R1, step 1 none
     assert stats[0]["penalty"] > 0 and stats[1]["penalty"] == 0 and stats[2]["penalty"] > 0
     assert all(torch.isfinite(torch.tensor([r["loss_D"], r["loss_G"]])).all() for r in stats)
+
+
+def test_compile_keeps_the_losses_with_the_r1_double_backward_eager(tmp_path):
+    # R1 on: the potential step runs D compiled for the fake batch and eager under the
+    # double backward. Inductor reorders float sums, hence the tolerance.
+    flags = TINY_TOY.replace("--reg_name none", "--reg_name r1") + " --num_phase 1 --phi2 kl --init_num_iterations 3"
+    losses = {}
+    for name, extra in (("eager", ""), ("compiled", " --compile")):
+        argv = shlex.split(flags + extra) + ["--outdir", str(tmp_path), "--exp", name, "--device", "cpu"]
+        assert train.main(argv) == 0
+        with open(tmp_path / "8gaussian" / name / "stats.jsonl") as f:
+            losses[name] = [(r["loss_D"], r["loss_G"], r["penalty"]) for r in map(json.loads, f)]
+    assert len(losses["compiled"]) == 3 and losses["eager"][0][2] > 0
+    torch.testing.assert_close(torch.tensor(losses["compiled"]), torch.tensor(losses["eager"]), rtol=1e-4, atol=1e-5)
