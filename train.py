@@ -357,7 +357,7 @@ def training_loop(args, run_dir, device, G, D, real_data, steps_per_epoch, phase
     unit = 1 if args.sjko else steps_per_epoch   # steps per counting unit of the *_every flags
 
     G_ema = make_ema(G) if args.use_ema else None
-    # fused on CPU too: foreach falls back to per-tensor ops there (3x slower on the toy MLPs)
+    # fused Adam: one kernel per optimizer step on CUDA; on CPU it measured as fast as foreach
     adam = dict(betas=(args.beta1, args.beta2), fused=True)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, **adam)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, **adam)
