@@ -22,7 +22,6 @@ import sys
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 
 from datasets_prep import IMAGE_DATASETS, build_image_dataset, dataset_num_channels
@@ -32,7 +31,7 @@ from score_sde import add_model_args, build_generator, build_potential, count_pa
 from uot import dist as udist
 from uot.ema import make_ema, update_ema
 from uot.errors import UsageError, exit_on_usage_error
-from uot.io import (RecordLog, atomic_torch_save, atomic_write_bytes, atomic_write_json,
+from uot.io import (RecordLog, atomic_savez, atomic_torch_save, atomic_write_bytes, atomic_write_json,
                     load_checkpoint)
 from uot.losses import (JSDLoss, SemiDualLoss, image_cost_scale, interpolate_gradient_penalty,
                         jko_cost_scale, quadratic_cost, r1_penalty)
@@ -599,9 +598,7 @@ def save_toy_outputs(run_dir, tag, name, source, target, generated, metrics, rec
     from uot.metrics import toy_metrics
     from uot.plots import scatter_2d
     source, target, generated = (t.detach().cpu().numpy() for t in (source, target, generated))
-    buffer = io.BytesIO()
-    np.savez(buffer, source=source, target=target, generated=generated)
-    atomic_write_bytes(os.path.join(run_dir, "samples.npz"), buffer.getvalue())
+    atomic_savez(os.path.join(run_dir, "samples.npz"), source=source, target=target, generated=generated)
     scatter_2d(target, generated, os.path.join(run_dir, f"scatter_{tag}.png"),
                title=f"{name}, step {record['step']}")
     record.update(toy_metrics(generated, target, name))

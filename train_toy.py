@@ -15,7 +15,6 @@ target, generated, all (n, d), generated[i] = T(source[i], z_i) on a fixed evalu
 sample), metrics.json (one entry per save) and PNG plots per saved epoch.
 """
 import argparse
-import io
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from datasets_prep.toy import TOY_NAMES, check_toy, sample_toy
 from score_sde.toy import ToyGenerator, ToyPotential
 from uot.errors import UsageError, exit_on_usage_error
-from uot.io import RecordLog, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from uot.io import RecordLog, atomic_savez, atomic_torch_save, atomic_write_json
 from uot.losses import SemiDualLoss, quadratic_cost, source_gradient_penalty, toy_cost_scale
 from uot.metrics import toy_metrics
 from uot.plots import save_figure, scatter_2d
@@ -263,9 +262,7 @@ def save_outputs(trainer, epoch):
     source = trainer.eval_source.cpu().numpy()
     target = trainer.target.cpu().numpy()
     generated = trainer.generate().cpu().numpy()
-    buffer = io.BytesIO()
-    np.savez(buffer, source=source, target=target, generated=generated)
-    atomic_write_bytes(os.path.join(a.savepath, "samples.npz"), buffer.getvalue())
+    atomic_savez(os.path.join(a.savepath, "samples.npz"), source=source, target=target, generated=generated)
     metrics = toy_metrics(generated, target, a.target_name)
     title = f"{a.exp}: {a.phi1}/{a.phi2}, tau {a.tau}, epoch {epoch}"
     if "outlier_fraction" in metrics:
@@ -290,7 +287,7 @@ def main(argv=None):
         raise UsageError(f"--savepath: cannot create {args.savepath}: {err.strerror}") from None
     atomic_write_json(os.path.join(args.savepath, "options.json"), vars(args))
     metrics = RecordLog(os.path.join(args.savepath, "metrics.json"))
-    metrics.records = []   # a new run replaces the metrics of an earlier one in the same folder
+    metrics.keep_until(0, key="epoch")   # a new run replaces the metrics of an earlier one in the folder
 
     trainer = ToyTrainer(args)
     start = time.time()

@@ -9,7 +9,6 @@ Everything here is distributed-aware: under torchrun each rank generates (or rea
 its share and the features are all-gathered, so every rank ends with all of them.
 """
 import hashlib
-import io
 import os
 import socket
 import urllib.error
@@ -29,7 +28,7 @@ from datasets_prep import build_image_dataset
 from datasets_prep.image_io import list_image_files
 from uot import dist as udist
 from uot.errors import UsageError
-from uot.io import atomic_write_bytes
+from uot.io import atomic_savez
 
 FEATURE_DIM = 2048
 DOWNLOAD_SOCKET_TIMEOUT_S = 20
@@ -284,10 +283,8 @@ def reference_stats_path(source, image_size, stats_dir):
 
 def save_stats(path, mu, sigma, num_images):
     """Write reference statistics (pytorch-fid's mu/sigma npz layout) atomically."""
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=mu, sigma=sigma, num_images=num_images)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_savez(path, mu=mu, sigma=sigma, num_images=num_images)
 
 
 def load_stats(path):

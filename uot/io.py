@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 
+import numpy as np
 import torch
 
 
@@ -37,6 +38,13 @@ def atomic_write_text(path, text):
 
 def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_savez(path, **arrays):
+    """np.savez(path, **arrays), atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_torch_save(obj, path):
