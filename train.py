@@ -80,7 +80,7 @@ def build_parser():
 
     add_model_args(p)
 
-    opt = p.add_argument_group("UOTM training (DESIGN.md section 5 defaults: CIFAR-10)")
+    opt = p.add_argument_group("UOTM training (defaults: the published CIFAR-10 run)")
     opt.add_argument("--batch_size", type=int, default=256, help="global batch, split across ranks")
     opt.add_argument("--num_epoch", type=int, default=600)
     opt.add_argument("--lr_g", type=float, default=1.6e-4)
@@ -170,13 +170,17 @@ def resolve_args(args, world):
         args.phi1, args.phi2 = args.phi1 or "kl", args.phi2 or "kl"
         args.loss = args.loss or "uot"
         args.eta_min = 1e-5 if args.eta_min is None else args.eta_min
-        args.use_ema = args.use_ema is not False   # on unless --no_use_ema (the seed passes --use_ema meaning on)
+        args.use_ema = args.use_ema is not False   # on unless --no_use_ema; --use_ema means on, as in S-JKO's CLI
         defaults = dict(save_image_every=10, save_content_every=10, save_ckpt_every=25)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
-    select_phi(args.phi1), select_phi(args.phi2)
+    for flag in ("phi1", "phi2"):
+        try:
+            select_phi(getattr(args, flag))
+        except UsageError as err:
+            raise UsageError(f"--{flag}: {err}") from None
     positive = ["tau", "lr_g", "lr_d", "batch_size", "num_epoch", "log_every", "r1_every",
                 "save_image_every", "save_content_every", "save_ckpt_every", "ema_decay"]
     if args.sjko:
@@ -377,9 +381,11 @@ def training_loop(args, run_dir, device, G, D, real_data, steps_per_epoch, phase
         opt_D.load_state_dict(ckpt["opt_D"])
         start_step = ckpt["step"]
         if ckpt["world_size"] == world:
-            torch.set_rng_state(ckpt["rng_cpu"][udist.rank()])
+            # a row of the gathered (world, n) state is a view at a storage offset, and
+            # set_rng_state on such a view segfaults (torch 2.14, every rank but 0): copy it
+            torch.set_rng_state(ckpt["rng_cpu"][udist.rank()].clone())
             if device.type == "cuda" and ckpt["rng_cuda"] is not None:
-                torch.cuda.set_rng_state(ckpt["rng_cuda"][udist.rank()])
+                torch.cuda.set_rng_state(ckpt["rng_cuda"][udist.rank()].clone())
         else:  # a different number of processes cannot replay the same streams
             torch.manual_seed(args.seed + 7919 * start_step + udist.rank())
         del ckpt

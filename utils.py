@@ -1,6 +1,6 @@
 """The user-facing face of the `uot` package.
 
-The seed README tells users to look here for `select_phi`; everything it needs lives
+The UOTM README tells users to look here for `select_phi`; everything it needs lives
 in `uot/` and is re-exported from this file. train.py and train_toy.py take their Psi*
 from here, so a Psi* registered at the bottom of this file is a valid --phi1/--phi2.
 """

@@ -4,7 +4,7 @@
 per-item loop, on the device of the caller's choice. train_toy.py (UOTM 1-D runs) and
 train.py's 2-D S-JKO runs both sample from here.
 
-1-D (DESIGN.md section 4, as in the UOTM toy code):
+1-D (the UOTM paper's toys, docs/reference.md section 5):
     outlier   (1 - p) N(1, 0.1^2) + p N(-1, 0.1^2)
     p         1/2 N(1, 0.5^2) + 1/2 N(-1, 0.5^2)
     q         2/3 N(2, 0.5^2) + 1/3 N(-1, 0.5^2)

@@ -18,7 +18,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("networks")
     g.add_argument("--model_name", default="ncsnpp", choices=["ncsnpp", "toy", "dcgan"],
                    help="ncsnpp: NCSN++ map + residual potential; dcgan: ~0.4M-parameter pair; toy: MLPs")
-    g.add_argument("--image_size", type=int, default=32, help="image resolution (data dimension for toy)")
+    g.add_argument("--image_size", type=int, default=32, help="image resolution in pixels; for the 2-D toys (--model_name toy), the data dimension: 2")
     g.add_argument("--num_channels", type=int, default=3, help="image channels")
     g.add_argument("--centered", action=ON_OFF, default=True,
                    help="inputs already in [-1, 1]; --no-centered maps [0, 1] inputs to [-1, 1]")

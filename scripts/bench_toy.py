@@ -1,4 +1,4 @@
-"""Seconds per training iteration of train_toy.py on the seed outlier configuration.
+"""Seconds per training iteration of train_toy.py on the UOTM README's outlier configuration.
 
     python scripts/bench_toy.py [--iters 20 --repeats 5 --warmup 10] [train_toy.py flags]
 
@@ -26,7 +26,7 @@ SEED_SCRIPT = os.path.join(ROOT, "scripts", "toy_outlier.sh")
 
 
 def seed_outlier_flags():
-    """The train_toy.py flags of scripts/toy_outlier.sh, the seed README's outlier command."""
+    """The train_toy.py flags of scripts/toy_outlier.sh, the UOTM README's outlier command."""
     text = open(SEED_SCRIPT).read().replace("\\\n", " ")
     command = next(line for line in text.splitlines() if "train_toy.py" in line)
     return [flag for flag in shlex.split(command.split("train_toy.py", 1)[1]) if flag != "$@"]

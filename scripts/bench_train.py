@@ -59,7 +59,7 @@ CONFIGS = {
     "digits": dict(flags="--dataset digits --image_size 16 --num_channels_dae 32 --ch_mult 1 2 2 "
                          "--num_res_blocks 1 --attn_resolutions 8 --ngf 16 --nz 16 --z_emb_dim 64 --n_mlp 2 "
                          "--batch_size 64", warmup=1, iters=2, repeats=3),
-    # the S-JKO 2-D toy networks and batch (scripts/sjko_toy.sh), with train.py's default R1
+    # the S-JKO 2-D toy networks and batch (scripts/toy2d_sjko.sh), with train.py's default R1
     "toy": dict(flags="--dataset 8gaussian --model_name toy --image_size 2 --nz 2 --batch_size 400 "
                       "--lr_g 1e-4 --lr_d 2e-5", warmup=3, iters=10, repeats=3),
 }

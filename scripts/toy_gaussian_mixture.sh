@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# UOTM OT map between two 1-D Gaussian mixtures (p -> q): the seed README's command, as written.
+# UOTM OT map between two 1-D Gaussian mixtures (p -> q): the UOTM README's command, as written.
 # Extra flags are appended and win over the ones above, e.g. --phi1 linear --phi2 linear for OTM.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# UOTM on the 1-D outlier toy: the seed README's command, as written.
+# UOTM on the 1-D outlier toy: the UOTM README's command, as written.
 # Extra flags are appended and win over the ones above, e.g. the OTM baseline:
 #   scripts/toy_outlier.sh --phi1 linear --phi2 linear --savepath train_logs/outlier/outlier_otm
 set -euo pipefail

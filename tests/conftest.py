@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+from tiny import INCEPTION_WEIGHTS_NAME  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,5 +24,5 @@ def torch_home(tmp_path_factory):
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     os.makedirs(home / "hub" / "checkpoints")
-    torch.save(net.state_dict(), home / "hub" / "checkpoints" / WEIGHTS_NAME)
+    torch.save(net.state_dict(), home / "hub" / "checkpoints" / INCEPTION_WEIGHTS_NAME)
     return home

@@ -138,7 +138,7 @@ def test_source_gradient_penalty_through_the_map():
 
 
 def test_the_scripts_take_psi_from_utils():
-    # a register_phi line at the bottom of utils.py (the seed README's place) reaches every CLI
+    # a register_phi line at the bottom of utils.py (where the UOTM README sends users) reaches every CLI
     import train
     import train_toy
     import utils

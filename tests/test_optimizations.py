@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train
-from test_train import TINY_IMAGE, TINY_TOY
+from tiny import TINY_IMAGE, TINY_TOY
 from score_sde import build_generator, build_potential
 from uot.losses import SemiDualLoss
 

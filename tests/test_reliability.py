@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import train
-from test_train import TINY_IMAGE, TINY_TOY
+from tiny import TINY_IMAGE, TINY_TOY
 from uot.errors import USAGE_EXIT_CODE, exit_on_usage_error
 from uot.io import atomic_write_bytes, load_checkpoint
 from uot.phi import PHI, register_phi
@@ -321,7 +321,7 @@ def test_the_script_prints_no_traceback_for_a_user_error(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "--phi1", "klx", "--outdir", str(tmp_path)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == USAGE_EXIT_CODE
-    assert proc.stderr.startswith("error: unknown Psi* 'klx'") and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --phi1: unknown Psi* 'klx'") and proc.stderr.count("\n") == 1, proc.stderr
     assert os.listdir(tmp_path) == []
 
 

@@ -2,38 +2,25 @@
 as the trainer wires them, the one-frozen-network (O(K)) structure, and a short 2-D run
 that learns. The phase table and the frozen-at-the-boundary reference: test_train.py."""
 import gc
-import glob
 import json
 import math
-import os
-import re
-import shlex
 import weakref
 
 import pytest
 import torch
 
 import train
+from tiny import read_jsonl, run
 from uot.schedule import alpha_at, data_noise_std
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEEDS = os.path.join(ROOT, "..", "shared", "seeds")
 TOY = ("--dataset 8gaussian --image_size 2 --model_name toy --nz 2 --reg_name none --phi2 kl "
        "--no_use_ema --log_every 1 --save_image_every 1000")
-
-
-def run(args, tmp_path, exp="t"):
-    return train.main(shlex.split(args) + ["--outdir", str(tmp_path), "--exp", exp, "--device", "cpu"])
 
 
 @pytest.fixture
 def no_toy_outputs(monkeypatch):
     """Skip the final scatter plot and sample metrics (about 2.5 s a run) where they are not tested."""
     monkeypatch.setattr(train, "save_toy_outputs", lambda *args, **kwargs: None)
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in open(path)]
 
 
 def spy_potential_step(monkeypatch):
@@ -193,29 +180,3 @@ def test_short_8gaussian_run_covers_more_modes(tmp_path):
     # cloud between them (seed 1024: 2.96 at step 100, 3.17 at step 300)
     assert all((d / f"scatter_{n}.png").exists() for n in (100, 200, 300))
     assert (d / "samples.npz").exists()
-
-
-# --- the toy scripts are the seed README's commands ---------------------------------------
-
-@pytest.mark.parametrize("script, seed_heading", [
-    ("toy2d_uotm.sh", "both-relaxed-UOTM"),
-    ("toy2d_source_fixed.sh", "fixed-source-UOTM"),
-    ("toy2d_sjko.sh", "S-JKO:"),
-])
-def test_toy_scripts_run_the_seed_commands(script, seed_heading):
-    def parsed(command, **placeholders):
-        for key, value in placeholders.items():
-            command = command.replace(key, value)
-        args = train.build_parser().parse_args(shlex.split(command.split("train.py", 1)[1]))
-        return vars(train.resolve_args(args, 1))
-
-    readme = open(glob.glob(os.path.join(SEEDS, "001_*.txt"))[0]).read()
-    block = readme.split(f"Command for {seed_heading}", 1)[1]
-    seed = next(line for line in block.splitlines() if line.startswith("python train.py"))
-    text = open(os.path.join(ROOT, "scripts", script)).read().replace("\\\n", " ")
-    ours = next(line for line in text.splitlines() if "train.py" in line).replace(' "$@"', "")
-    seed_args = parsed(seed, **{"{exp_name}": "e", "{kl,chi,softplus}": "kl", "{25gaussian,twocircles}": "25gaussian"})
-    our_args = parsed(ours, **{"$PHI": "kl", "$DATASET": "25gaussian"})
-    assert re.fullmatch(r"(uotm|source_fixed|sjko)_kl", our_args.pop("exp")) and seed_args.pop("exp") == "e"
-    assert our_args == seed_args
-    assert our_args["use_ema"] is False   # as in the S-JKO code: no EMA unless --use_ema is passed

@@ -3,7 +3,6 @@ torchrun with two CPU processes, and the published commands (--dry_run)."""
 import json
 import math
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -16,27 +15,7 @@ import train
 from uot.ema import make_ema, update_ema
 from uot.io import load_checkpoint
 from uot.schedule import jko_phases, phase_at
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEEDS = os.path.join(ROOT, "..", "shared", "seeds")
-
-TINY_IMAGE = ("--dataset digits --image_size 8 --num_channels_dae 8 --ch_mult 1 2 --num_res_blocks 1 "
-              "--attn_resolutions 4 --ngf 8 --nz 4 --z_emb_dim 16 --n_mlp 2 --batch_size 16 --log_every 1 --use_ema")
-TINY_TOY = ("--dataset 8gaussian --image_size 2 --model_name toy --nz 2 --batch_size 64 --reg_name none "
-            "--log_every 1 --use_ema")   # --use_ema: S-JKO mode keeps no EMA unless asked
-
-
-def run(args, tmp_path, exp="t"):
-    argv = shlex.split(args) + ["--outdir", str(tmp_path), "--exp", exp, "--device", "cpu"]
-    return train.main(argv)
-
-
-def run_dir(tmp_path, dataset, exp="t"):
-    return tmp_path / dataset / exp
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in open(path)]
+from tiny import ROOT, TINY_IMAGE, TINY_TOY, read_jsonl, run, run_dir, torchrun
 
 
 def test_ema_is_the_closed_form_lerp():
@@ -133,33 +112,6 @@ def test_reference_map_is_T_frozen_at_the_phase_boundary(tmp_path):
     assert "phase 1: steps 3-5" in log and "reference T_0" in log
 
 
-def seed_train_commands():
-    """Every `python train.py ...` command of the seed READMEs, with its placeholders filled:
-    {exp_name} -> exp_name, {kl,chi,softplus} -> kl (the first choice)."""
-    commands = []
-    for name in sorted(os.listdir(SEEDS)):
-        text = open(os.path.join(SEEDS, name)).read()
-        text = re.sub(r"\\\\?\n", " ", text)   # line continuations, written \ or \\ in the READMEs
-        for line in text.splitlines():
-            if line.strip().startswith("python train.py"):
-                line = re.sub(r"\{([^},]*)[^}]*\}", r"\1", line.strip())
-                commands.append(line[len("python train.py"):].strip())
-    return commands
-
-
-SEED_COMMANDS = seed_train_commands()
-
-
-def test_the_seed_readmes_hold_nine_train_commands():
-    assert len(SEED_COMMANDS) == 9   # UOTM: 3 image runs; S-JKO: 3 toy and 3 CIFAR-10 runs
-
-
-@pytest.mark.parametrize("command", SEED_COMMANDS)
-def test_published_commands_parse_and_build(command, capsys):
-    assert train.main(shlex.split(command) + ["--dry_run", "--device", "cpu"]) == 0
-    assert "parameters" in capsys.readouterr().out
-
-
 TRAIN_SCRIPTS = sorted(name for name in os.listdir(os.path.join(ROOT, "scripts"))
                        if name.endswith(".sh") and "train.py" in open(os.path.join(ROOT, "scripts", name)).read())
 
@@ -185,6 +137,29 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # 1797 // 256 = 7 iterations: the global batch was split over the two ranks
     assert stats[-1]["step"] == 7
     assert all(r["rank_param_spread"] == 0.0 for r in stats)
+
+
+def test_torchrun_resume_equals_an_uninterrupted_run(tmp_path):
+    """Two processes: one epoch, then --resume to the second, ends with the weights of a run of
+    two epochs straight (rank 1 once crashed in set_rng_state on resume)."""
+    def torchrun_train(exp, flags):
+        argv = shlex.split(TINY_IMAGE + " --batch_size 256 --save_content_every 1 " + flags)
+        proc = subprocess.run(torchrun(2, "train.py", argv + ["--outdir", str(tmp_path), "--exp", exp,
+                                                              "--device", "cpu"]),
+                              cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    torchrun_train("straight", "--num_epoch 2")
+    torchrun_train("resumed", "--num_epoch 1")
+    torchrun_train("resumed", "--num_epoch 2 --resume")
+    a, b = (load_checkpoint(run_dir(tmp_path, "digits", exp) / "content.pth") for exp in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 14   # 7 iterations of 2 x 128 images per epoch
+    for key in ("G", "D", "G_ema"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=0, atol=0, msg=f"{key}.{name}")
+    assert [r["step"] for r in read_jsonl(run_dir(tmp_path, "digits", "resumed") / "stats.jsonl")] == \
+        list(range(1, 15))
 
 
 def test_fid_every_logs_the_fid_of_the_ema_generator(tmp_path, torch_home, monkeypatch):

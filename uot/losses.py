@@ -1,6 +1,6 @@
 """The semi-dual UOT objective: transport costs, potential and map losses, penalties.
 
-Notation (DESIGN.md section 1): x ~ mu the source noise, y ~ nu the data,
+Notation (docs/reference.md): x ~ mu the source noise, y ~ nu the data,
 T(x, z) the transport map (generator), v(y) the potential (discriminator).
 
     potential loss  E_x Psi1*( v(T(x)) - c(x, T(x)) ) + E_y Psi2*( -v(y) )
