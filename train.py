@@ -534,6 +534,10 @@ def training_loop(args, run_dir, device, G, D, real_data, steps_per_epoch, phase
                 G_fast, D, D_fast, opt_D, loss_fn, real, x, torch.randn(batch, args.nz, device=device), y_ref,
                 cost_scale, r1_weight=0.5 * args.r1_gamma * args.r1_every if penalize_r1 else 0.0,
                 gp_weight=args.lmbda if args.reg_name == "gp" else 0.0, autocast=autocast)
+            # the map step draws its own source batch (and reference latents), as the public loops do
+            x = torch.randn_like(real)
+            with torch.no_grad(), autocast:
+                y_ref = x if G_ref is None else G_ref(x, torch.randn(batch, args.nz, device=device))
             loss_G = map_step(G, G_fast, D, D_fast, opt_G, loss_fn, x, torch.randn(batch, args.nz, device=device),
                               y_ref, cost_scale, autocast)
             if G_ema is not None:
@@ -604,7 +608,7 @@ def save_toy_outputs(run_dir, tag, name, source, target, generated, metrics, rec
     from uot.metrics import toy_metrics
     from uot.plots import scatter_2d
     source, target, generated = (t.detach().cpu().numpy() for t in (source, target, generated))
-    atomic_savez(os.path.join(run_dir, "samples.npz"), source=source, target=target, generated=generated)
+    atomic_savez(os.path.join(run_dir, f"samples_{tag}.npz"), source=source, target=target, generated=generated)
     scatter_2d(target, generated, os.path.join(run_dir, f"scatter_{tag}.png"),
                title=f"{name}, step {record['step']}")
     record.update(toy_metrics(generated, target, name))

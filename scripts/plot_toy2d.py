@@ -3,14 +3,16 @@
     python scripts/plot_toy2d.py --logdir train_logs --datasets 25gaussian twocircles \
         --exps uotm_kl source_fixed_kl sjko_kl --out assets/sjko_toy2d.png
 
-Rows are datasets, columns runs: each panel is the run's last samples.npz (the 4000
+Rows are datasets, columns runs: each panel is the run's last samples_<n>.npz (the 4000
 evaluation points train.py saved at its last save). The table prints the metrics of the
 last metrics.json record of each run, as train.py computed them, and for 25gaussian how
 many of its 16 outer modes (the border of the 5 x 5 grid) the same samples cover.
 """
 import argparse
+import glob
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -47,7 +49,8 @@ def main():
     for i, dataset in enumerate(a.datasets):
         for j, exp in enumerate(a.exps):
             run_dir = os.path.join(a.logdir, dataset, exp)
-            samples = np.load(os.path.join(run_dir, "samples.npz"))
+            saves = glob.glob(os.path.join(run_dir, "samples_*.npz"))
+            samples = np.load(max(saves, key=lambda path: int(re.findall(r"(\d+)\.npz$", path)[0])))
             last = json.load(open(os.path.join(run_dir, "metrics.json")))[-1]
             coverage = f"{last['mode_coverage']:.2f}" if "mode_coverage" in last else "n/a"
             outer = f"{outer_modes_covered(samples['generated'])}/16" if dataset == "25gaussian" else "n/a"
