@@ -18,21 +18,21 @@ import time
 
 import torch
 
-from score_sde import build_generator
+from datasets_prep import default_image_size
+from datasets_prep.reference import is_image_folder, reference_dataset, reference_stats_path
+from score_sde import build_generator, source_shape
 from uot import dist as udist
 from uot import fid
+from uot.cli import ArgumentParser
 from uot.errors import UsageError, exit_on_usage_error
 from uot.io import RecordLog, load_checkpoint
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NETG_FILE = re.compile(r"netG_(\d+)\.pth")
-# Image size of --compute_stats when --image_size is not given.
-DEFAULT_IMAGE_SIZE = {"celeba_256": 256, "lsun": 256}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?",
                         help="run directory (newest netG_<epoch>.pth, else content.pth) or a .pth file")
     parser.add_argument("--options", help="the run's options.json (default: next to the checkpoint)")
@@ -59,7 +59,7 @@ def parse_args(argv=None):
                         help="write the training-split statistics of DATASET (or a folder) to "
                              "--stats_dir and exit")
     parser.add_argument("--image_size", type=int,
-                        help="image size for --compute_stats (default 32; 256 for celeba_256, lsun)")
+                        help="image size for --compute_stats (default: the size train.py uses for the dataset)")
     parser.add_argument("--num_workers", type=int, default=4, help="data loader workers")
     args = parser.parse_args(argv)
     if args.compute_stats is None and args.checkpoint is None:
@@ -127,10 +127,10 @@ def reference(args, cfg, inception, device):
             raise UsageError("--precision_recall needs reference images: use --ref_dir instead of --ref_stats")
         return *fid.load_stats(args.ref_stats), None, args.ref_stats
     source = args.ref_dir or cfg.dataset
-    path = fid.reference_stats_path(source, cfg.image_size, args.stats_dir)
+    path = reference_stats_path(source, cfg.image_size, args.stats_dir)
     if os.path.isfile(path) and not args.precision_recall:
         return *fid.load_stats(path), None, path
-    dataset = fid.reference_dataset(source, cfg.image_size, args.datadir or getattr(cfg, "datadir", None))
+    dataset = reference_dataset(source, cfg.image_size, args.datadir or getattr(cfg, "datadir", None))
     features = fid.dataset_features(dataset, inception, args.batch_size, device, args.num_workers)
     if udist.rank() != 0:
         return None, None, features, path
@@ -143,9 +143,12 @@ def reference(args, cfg, inception, device):
 
 def compute_stats(args, device):
     start = time.time()
-    image_size = args.image_size or DEFAULT_IMAGE_SIZE.get(args.compute_stats, 32)
-    path = fid.reference_stats_path(args.compute_stats, image_size, args.stats_dir)
-    dataset = fid.reference_dataset(args.compute_stats, image_size, args.datadir)
+    source = args.compute_stats
+    if is_image_folder(source) and args.image_size is None:
+        raise UsageError(f"--compute_stats {source}: a folder of images needs --image_size N")
+    image_size = args.image_size or default_image_size(source)
+    path = reference_stats_path(source, image_size, args.stats_dir)
+    dataset = reference_dataset(source, image_size, args.datadir)
     inception = fid.load_inception(args.inception_weights, device)
     features = fid.dataset_features(dataset, inception, args.batch_size, device, args.num_workers)
     if udist.rank() == 0:
@@ -163,8 +166,7 @@ def evaluate(args, device):
     inception = fid.load_inception(args.inception_weights, device)
     mu_ref, sigma_ref, real_features, ref_name = reference(args, cfg, inception, device)
     features = fid.generator_features(
-        G, args.num_samples, args.batch_size, (cfg.num_channels, cfg.image_size, cfg.image_size),
-        cfg.nz, device, seed=args.seed, inception=inception, save_dir=args.save_samples)
+        G, args.num_samples, args.batch_size, source_shape(cfg), cfg.nz, device, seed=args.seed, inception=inception, save_dir=args.save_samples)
     if udist.rank() != 0:
         return
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

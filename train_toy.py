@@ -1,49 +1,50 @@
-"""UOTM (and OTM) on the toy problems of the paper: 1-D outliers, 1-D Gaussian mixtures, 2-D toys.
+"""UOTM (and OTM) on the toy problems of the UOTM paper: 1-D outliers and 1-D Gaussian mixtures.
 
     python train_toy.py --exp outlier --num_data 4000 --data_dim 1 --p 0.01 \
         --source_name noise --target_name outlier --phi1 kl --phi2 kl --tau 0.1 \
         --regularize --lmbda 0.01 --epochs 400 --batch_size 256 \
         --savepath train_logs/outlier/outlier_uot --lr 1e-4
 
-The target is a fixed sample of --num_data points drawn once (seeded). An epoch is
-ceil(num_data / batch_size) iterations; an iteration takes --n_critic potential steps,
-each on a fresh batch of target points (a reshuffled stream over the fixed sample) and
-fresh source points x and latents z, then one map step. Cost c(x, y) = 0.5 tau ||x - y||^2.
+(The S-JKO paper's 2-D toys are trained by train.py --dataset 25gaussian ... --model_name toy.)
 
-Outputs in --savepath: options.json, checkpoint.pt (networks), samples.npz (source,
-target, generated, all (n, d), generated[i] = T(source[i], z_i) on a fixed evaluation
-sample), metrics.json (one entry per save) and PNG plots per saved epoch.
+Sampling follows the public toy loop: the target, and every source but `noise`, is a fixed
+sample of --num_data points, reshuffled each epoch; `noise` is drawn fresh. An epoch is
+floor(num_data / batch_size) iterations (the public code zips two drop_last loaders). An
+iteration takes one source batch x and one target batch y, runs --n_critic potential steps
+on them, each with a fresh latent z, then one map step on the same x with a fresh z.
+Cost c(x, y) = 0.5 tau ||x - y||^2.
+
+Outputs in --savepath: options.json, checkpoint.pt (networks), metrics.json (one entry per
+save), and per saved epoch samples_<epoch>.npz (source, target, generated, all (n, d),
+generated[i] = T(source[i], z_i) on a fixed evaluation sample) with its plots.
 """
-import argparse
 import json
-import math
 import os
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from datasets_prep.toy import TOY_NAMES, check_toy, sample_toy
+from datasets_prep.toy import TOYS_UOTM, check_toy, metric_args, sample_toy
 from score_sde.toy import ToyGenerator, ToyPotential
+from uot.cli import ArgumentParser, check_non_negative, check_phi, check_positive
 from uot.errors import UsageError, exit_on_usage_error
-from uot.io import RecordLog, atomic_savez, atomic_torch_save, atomic_write_json
+from uot.io import RecordLog, atomic_torch_save, atomic_write_json
 from uot.losses import SemiDualLoss, quadratic_cost, source_gradient_penalty, toy_cost_scale
-from uot.metrics import toy_metrics
-from uot.plots import save_figure, scatter_2d
-from utils import PHI, select_phi
+from uot.samples import save_toy_samples
+from utils import PHI
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="UOTM / OTM on toy distributions")
+    parser = ArgumentParser(description="UOTM / OTM on the UOTM paper's toy distributions")
     add = parser.add_argument
     add("--exp", default="toy",
         help="experiment label, e.g. outlier, 1d-gaussian-mixture, gaussian (names the default savepath)")
-    add("--num_data", type=int, default=4000, help="size of the fixed target sample")
+    add("--num_data", type=int, default=4000, help="size of the fixed target (and source) sample")
     add("--data_dim", type=int, default=1, help="dimension of the data")
     add("--p", type=float, default=0.01, help="outlier fraction of the 'outlier' distribution, in (0, 1)")
-    add("--source_name", default="noise", help=f"source distribution: {', '.join(TOY_NAMES)}")
-    add("--target_name", required=True, help=f"target distribution: {', '.join(TOY_NAMES)}")
+    add("--source_name", default="noise", help=f"source distribution: {', '.join(TOYS_UOTM)}")
+    add("--target_name", required=True, help=f"target distribution: {', '.join(TOYS_UOTM)}")
     add("--phi1", default="kl", help=f"Psi1* (source marginal): {', '.join(PHI)}; linear/linear is OTM")
     add("--phi2", default="kl", help="Psi2* (target marginal), same choices")
     add("--tau", type=float, default=0.1, help="cost c = 0.5 tau ||x - y||^2 (outlier 0.1, mixture 0.02)")
@@ -72,24 +73,18 @@ def parse_args(argv=None):
 
 def validate(args):
     """One-line UsageErrors naming the flag, before anything is built."""
-    for flag in ("phi1", "phi2"):
-        try:
-            select_phi(getattr(args, flag))
-        except UsageError as err:
-            raise UsageError(f"--{flag}: {err}") from None
-    positive = ("tau", "lr", "epochs", "batch_size", "num_data", "save_every", "n_critic", "nz", "hidden")
-    for flag in positive:
-        if not getattr(args, flag) > 0:
-            raise UsageError(f"--{flag} must be > 0, got {getattr(args, flag)}")
-    for flag in ("lmbda", "num_blocks", "num_threads"):
-        if not getattr(args, flag) >= 0:
-            raise UsageError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    check_phi(args, "phi1", "phi2")
+    check_positive(args, "tau", "lr", "epochs", "batch_size", "num_data", "save_every", "n_critic", "nz", "hidden")
+    check_non_negative(args, "lmbda", "num_blocks", "num_threads")
     if not 0.0 < args.p < 1.0:
         raise UsageError(f"--p is the outlier fraction and must be in (0, 1), got {args.p}")
+    if args.num_data < args.batch_size:
+        raise UsageError(f"--num_data {args.num_data} is less than one --batch_size {args.batch_size}: "
+                         f"an epoch would have no iteration")
     if args.num_data <= 5:
         raise UsageError(f"--num_data must be > 5 (the k-NN KL estimate uses 5 neighbours), got {args.num_data}")
-    check_toy(args.source_name, args.data_dim, "--source_name")
-    check_toy(args.target_name, args.data_dim, "--target_name")
+    check_toy(args.source_name, args.data_dim, "--source_name", names=TOYS_UOTM)
+    check_toy(args.target_name, args.data_dim, "--target_name", names=TOYS_UOTM)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -146,23 +141,28 @@ class ToyTrainer:
 
         self.generator = torch.Generator(self.device).manual_seed(args.seed)
         self.target = self.sample(args.target_name, args.num_data)
-        self.eval_source = self.sample(args.source_name, args.num_data)
+        # the fixed source sample; `noise` is drawn fresh, so it has none
+        self.source = None if args.source_name == "noise" else self.sample(args.source_name, args.num_data)
+        self.eval_source = self.source if self.source is not None else self.sample("noise", args.num_data)
         self.eval_z = torch.randn(args.num_data, args.nz, generator=self.generator, device=self.device)
-        self.target_order = torch.empty(0, dtype=torch.long, device=self.device)
-        self.iters_per_epoch = math.ceil(args.num_data / args.batch_size)
+        self.iters_per_epoch = args.num_data // args.batch_size
 
     def sample(self, name, n):
         return sample_toy(name, n, self.args.data_dim, self.args.p, self.generator, self.device)
 
-    def target_batches(self, count):
-        """`count` batches (count, B, d) of the fixed target sample, taken from a stream of
-        reshuffled passes over it: every point is used equally often."""
-        needed = count * self.args.batch_size
-        while len(self.target_order) < needed:
-            fresh = torch.randperm(self.args.num_data, generator=self.generator, device=self.device)
-            self.target_order = torch.cat([self.target_order, fresh])
-        index, self.target_order = self.target_order[:needed], self.target_order[needed:]
-        return self.target[index].view(count, self.args.batch_size, -1)
+    def epoch_batches(self):
+        """The (x, y) batches of one epoch: a reshuffle of the fixed samples, the ragged end dropped."""
+        n, b = self.args.num_data, self.args.batch_size
+        count = self.iters_per_epoch
+        y = self.target[torch.randperm(n, generator=self.generator, device=self.device)[:count * b]]
+        if self.source is None:
+            x = self.sample("noise", count * b)
+        else:
+            x = self.source[torch.randperm(n, generator=self.generator, device=self.device)[:count * b]]
+        return zip(x.view(count, b, -1), y.view(count, b, -1))
+
+    def latent(self):
+        return torch.randn(self.args.batch_size, self.args.nz, generator=self.generator, device=self.device)
 
     def potential_step(self, x, z, y_real):
         """One Adam step of v on the potential loss (+ lmbda * the source-gradient penalty)."""
@@ -194,25 +194,17 @@ class ToyTrainer:
         self.optG.step()
         return loss.detach()
 
-    def train_iteration(self):
-        """n_critic potential steps then one map step; the randomness of all of them drawn at once.
-
-        Each step leaves the other network's weights frozen, so autograd computes no
-        gradient for them. Returns the last potential loss and the map loss.
-        """
-        a = self.args
-        k, batch, dim = a.n_critic, a.batch_size, a.data_dim
-        x = self.sample(a.source_name, (k + 1) * batch).view(k + 1, batch, dim)
-        z = torch.randn(k + 1, batch, a.nz, generator=self.generator, device=self.device)
-        y_real = self.target_batches(k)
-
+    def train_iteration(self, x, y):
+        """n_critic potential steps on the batches (x, y), then one map step on x, each step with
+        a fresh z. Each step leaves the other network frozen, so autograd computes no gradient
+        for it. Returns the last potential loss and the map loss."""
         set_requires_grad(self.netG, False)
-        for i in range(k):
-            loss_v = self.potential_step(x[i], z[i], y_real[i])
+        for _ in range(self.args.n_critic):
+            loss_v = self.potential_step(x, self.latent(), y)
         set_requires_grad(self.netG, True)
 
         set_requires_grad(self.netD, False)
-        loss_t = self.map_step(x[k], z[k])
+        loss_t = self.map_step(x, self.latent())
         set_requires_grad(self.netD, True)
         return loss_v, loss_t
 
@@ -222,55 +214,12 @@ class ToyTrainer:
         return self.netG(self.eval_source, self.eval_z)
 
 
-# --- outputs ---------------------------------------------------------------------
-
-def plot_1d(source, target, generated, title, savepath, epoch):
-    """joint_epochN.png: T(x, z) against x; density_epochN.png: target and generated
-    densities (histogram + KDE), on a linear and a log scale (the log one shows a 1% mode)."""
-    import matplotlib.pyplot as plt
-    from scipy.stats import gaussian_kde
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.scatter(source[:, 0], generated[:, 0], s=2, alpha=0.3)
-    ax.set(xlabel="source x", ylabel="T(x, z)", title=title)
-    save_figure(fig, os.path.join(savepath, f"joint_epoch{epoch:04d}.png"))
-
-    lo = min(target.min(), generated.min()) - 0.5
-    hi = max(target.max(), generated.max()) + 0.5
-    grid = np.linspace(lo, hi, 600)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, log in zip(axes, (False, True)):
-        peak = 0.0
-        for data, label, color in ((target, "target", "tab:gray"), (generated, "generated", "tab:blue")):
-            heights = ax.hist(data[:, 0], bins=120, range=(lo, hi), density=True, color=color, alpha=0.35,
-                              label=label)[0]
-            ax.plot(grid, gaussian_kde(data[:, 0])(grid), color=color, lw=1.5)
-            peak = max(peak, heights.max())
-        ax.set(xlabel="y", ylabel="density (log scale)" if log else "density", xlim=(lo, hi))
-        if log:
-            ax.set_yscale("log")
-            ax.set_ylim(1e-3, 2 * peak)
-    axes[0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, os.path.join(savepath, f"density_epoch{epoch:04d}.png"))
-
-
 def save_outputs(trainer, epoch):
-    """samples.npz, the plots of this epoch, checkpoint.pt; returns the metrics."""
+    """samples_<epoch>.npz, its plots, checkpoint.pt; returns the metrics."""
     a = trainer.args
-    source = trainer.eval_source.cpu().numpy()
-    target = trainer.target.cpu().numpy()
-    generated = trainer.generate().cpu().numpy()
-    atomic_savez(os.path.join(a.savepath, "samples.npz"), source=source, target=target, generated=generated)
-    metrics = toy_metrics(generated, target, a.target_name)
-    title = f"{a.exp}: {a.phi1}/{a.phi2}, tau {a.tau}, epoch {epoch}"
-    if "outlier_fraction" in metrics:
-        title += f", outliers {100 * metrics['outlier_fraction']:.2f}%"
-    if a.data_dim == 1:
-        plot_1d(source, target, generated, title, a.savepath, epoch)
-    elif a.data_dim == 2:
-        scatter_2d(target, generated, os.path.join(a.savepath, f"scatter_epoch{epoch:04d}.png"), title)
+    metrics = save_toy_samples(a.savepath, epoch, trainer.eval_source, trainer.target, trainer.generate(),
+                               f"{a.exp}: {a.phi1}/{a.phi2}, tau {a.tau}, epoch {epoch}",
+                               **metric_args(a.target_name))
     checkpoint = {"netG": trainer.netG.state_dict(), "netD": trainer.netD.state_dict(), "epoch": epoch}
     atomic_torch_save(checkpoint, os.path.join(a.savepath, "checkpoint.pt"))
     return metrics
@@ -293,8 +242,8 @@ def main(argv=None):
     start = time.time()
     with tqdm(total=args.epochs * trainer.iters_per_epoch, desc=args.exp, mininterval=1.0) as bar:
         for epoch in range(1, args.epochs + 1):
-            for _ in range(trainer.iters_per_epoch):
-                loss_v, loss_t = trainer.train_iteration()
+            for x, y in trainer.epoch_batches():
+                loss_v, loss_t = trainer.train_iteration(x, y)
                 bar.update()
                 if bar.n % 20 == 0:
                     bar.set_postfix(loss_v=f"{loss_v.item():.4f}", loss_T=f"{loss_t.item():.4f}", refresh=False)

@@ -6,6 +6,7 @@ from here, so a Psi* registered at the bottom of this file is a valid --phi1/--p
 """
 from uot.errors import UsageError  # noqa: F401
 from uot.losses import (  # noqa: F401
+    GANLoss,
     JSDLoss,
     SemiDualLoss,
     image_cost_scale,

@@ -6,20 +6,14 @@ Prints the count, shape, dtype, value range and labels. Exit code 0 when every i
 reads, 2 with the offending file (or missing file) named otherwise.
 """
 import argparse
-import os
-import sys
 
-if __package__ in (None, ""):  # run as a file path: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from datasets_prep.images import IMAGE_DATASETS, build_image_dataset, dataset_num_channels  # noqa: E402
-from uot.errors import UsageError, exit_on_usage_error  # noqa: E402
-
-NATIVE_IMAGE_SIZE = {"digits": 8, "mnist": 28, "cifar10": 32, "cifar10+mnist": 32, "celeba_256": 256, "lsun": 256}
+from datasets_prep.catalog import IMAGE_DATASETS, dataset_info, default_image_size
+from datasets_prep.images import build_image_dataset
+from uot.errors import UsageError, exit_on_usage_error
 
 
 def check_dataset(dataset, num_channels, image_size, batch_size=256, num_workers=0):
@@ -41,16 +35,14 @@ def main(argv=None):
     parser.add_argument("--dataset", required=True, choices=IMAGE_DATASETS)
     parser.add_argument("--datadir", default=None, help="the folder given to train.py --datadir")
     parser.add_argument("--image_size", type=int, default=None,
-                        help="default: the dataset's own size (required for imagefolder)")
+                        help="default: the size train.py uses for the dataset (required for imagefolder)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--download", action="store_true", help="let torchvision download mnist/cifar10")
     parser.add_argument("--num_workers", type=int, default=0)
     args = parser.parse_args(argv)
-    image_size = args.image_size or NATIVE_IMAGE_SIZE.get(args.dataset)
-    if image_size is None:
-        raise UsageError(f"--dataset {args.dataset} has no native size; pass --image_size N")
+    image_size = default_image_size(args.dataset, args.image_size)
     dataset = build_image_dataset(args.dataset, args.datadir, image_size, args.split, args.download)
-    channels = dataset_num_channels(args.dataset)
+    channels = dataset_info(args.dataset).channels
     count, low, high, labels = check_dataset(dataset, channels, image_size, num_workers=args.num_workers)
     shown = labels if len(labels) <= 12 else f"{labels[0]}..{labels[-1]} ({len(labels)} values)"
     print(f"{args.dataset} {args.split}: {count} images, shape {channels}x{image_size}x{image_size}, "

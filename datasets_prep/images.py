@@ -1,13 +1,12 @@
 """Image datasets by name: each yields (uint8 tensor C x H x W at image_size, int label).
 
 No normalisation and no flips here: the trainer scales to [-1, 1] and flips on the device.
-Small sets (digits, mnist, cifar10, cifar10+mnist) are decoded and resized once into a
+Small sets (catalog.DATASETS[...].small) are decoded and resized once into a
 `TensorImageDataset`; large ones (celeba_256, lsun, imagefolder) decode lazily, so a
 corrupt file is reported by name when it is first read (check_dataset.py reads them all).
 
-Splits: digits, cifar10+mnist and imagefolder have only 'train' (for imagefolder, the
-folder is the split); mnist and cifar10 have 'train' and 'test'; lsun 'train' and 'val';
-celeba_256 'train', 'val' and 'test', which from a CelebA-HQ folder are the HQ images
+Splits (catalog.DATASETS): for imagefolder, the folder is the split;
+celeba_256 has 'train', 'val' and 'test', which from a CelebA-HQ folder are the HQ images
 whose original CelebA file is in partition 0, 1 and 2 of list_eval_partition.txt
 (24,183 / 2,993 / 2,824 of the 30,000). An LMDB given directly as --datadir is used as it
 is, whatever the split; an NVAE-style --datadir holding train.lmdb and validation.lmdb
@@ -23,22 +22,18 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, MNIST
 from tqdm import tqdm
 
+from datasets_prep.catalog import dataset_info
 from datasets_prep.image_io import decode_image, list_image_files, pil_to_uint8, resize_center_crop, resize_square
 from datasets_prep.lmdb_dataset import KeyOrderLMDBDataset, LMDBImageDataset, is_lmdb
 from uot.errors import UsageError
 
-IMAGE_DATASETS = ("digits", "mnist", "cifar10", "cifar10+mnist", "celeba_256", "lsun", "imagefolder")
-SPLITS = {
-    "digits": ("train",),
-    "mnist": ("train", "test"),
-    "cifar10": ("train", "test"),
-    "cifar10+mnist": ("train",),
-    "celeba_256": ("train", "val", "test"),
-    "lsun": ("train", "val"),
-    "imagefolder": ("train",),
-}
 NUM_MNIST_OUTLIERS = 500  # the first MNIST training images: 1% of CIFAR-10's 50,000
-OUTLIER_LABEL = 10  # label of the MNIST images in cifar10+mnist (CIFAR-10 keeps 0..9)
+OUTLIER_LABEL = 10  # label of the outliers in cifar10+mnist and digits+outliers (the classes keep 0..9)
+# digits+outliers: the first 18 digits (1% of 1,797), inverted, appended to the digits. An
+# inverted digit is a white 8x8 square with a dark stroke: its mean intensity is 0.58-0.82
+# of full scale, a digit's 0.18-0.42, so the mean intensity tells them apart (OUTLIER_INTENSITY).
+NUM_DIGIT_OUTLIERS = 18
+OUTLIER_INTENSITY = 0.5
 
 CELEBA_MAPPING = "CelebA-HQ-to-CelebA-mapping.txt"
 CELEBA_PARTITION = "list_eval_partition.txt"
@@ -46,17 +41,6 @@ CELEBA_PARTITION_IDS = {"train": 0, "val": 1, "test": 2}
 CELEBA_HQ_FOLDERS = ("CelebA-HQ-img", "data256x256")  # CelebAMask-HQ's folder, the 256px zip's
 NVAE_LMDBS = {"train": "train.lmdb", "val": "validation.lmdb"}
 DOWNLOAD_SOCKET_TIMEOUT = 60  # seconds; without one, a download behind a firewall hangs
-
-
-def _check_name(name):
-    if name not in IMAGE_DATASETS:
-        raise UsageError(f"--dataset {name} is not an image dataset; "
-                         f"choose one of {', '.join(IMAGE_DATASETS)}")
-
-
-def dataset_num_channels(name):
-    _check_name(name)
-    return 1 if name in ("digits", "mnist") else 3
 
 
 class TensorImageDataset(Dataset):
@@ -88,13 +72,15 @@ class ImageFileDataset(Dataset):
 
 def build_image_dataset(name, root, image_size, split="train", download=True):
     """The dataset `name` at image_size x image_size (see the module docstring for splits)."""
-    _check_name(name)
-    if split not in SPLITS[name]:
-        raise UsageError(f"{name} has no split {split!r}; choose one of {', '.join(SPLITS[name])}")
+    splits = dataset_info(name).splits
+    if split not in splits:
+        raise UsageError(f"{name} has no split {split!r}; choose one of {', '.join(splits)}")
     if not isinstance(image_size, int) or image_size < 1:
         raise UsageError(f"--image_size {image_size} must be a positive integer")
     if name == "digits":
         return _digits(image_size)
+    if name == "digits+outliers":
+        return _digits(image_size, NUM_DIGIT_OUTLIERS)
     if not root:
         raise UsageError(f"--dataset {name} needs --datadir, the folder that holds (or will hold) the data")
     if name in ("celeba_256", "lsun", "imagefolder") and not os.path.isdir(root):
@@ -133,13 +119,25 @@ def as_uint8_tensor(dataset, batch_size=500, num_workers=0):
     return out
 
 
-def _digits(image_size):
+def _digits(image_size, num_outliers=0):
+    """scikit-learn's 1,797 handwritten 8x8 digits (values 0..16, scaled to 0..255), then
+    `num_outliers` inverted copies of the first digits with label OUTLIER_LABEL."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn: works offline
 
     digits = load_digits()
-    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None]  # values 0..16
-    return TensorImageDataset(resize_square(torch.from_numpy(images), image_size),
-                              torch.from_numpy(digits.target).long())
+    images = torch.from_numpy(np.rint(digits.images * (255 / 16)).astype(np.uint8)[:, None])
+    labels = torch.from_numpy(digits.target).long()
+    if num_outliers:
+        images = torch.cat([images, 255 - images[:num_outliers]])
+        labels = torch.cat([labels, torch.full((num_outliers,), OUTLIER_LABEL)])
+    return TensorImageDataset(resize_square(images, image_size), labels)
+
+
+def outlier_fraction(images):
+    """Fraction of digits+outliers-like images in [-1, 1] (N x 1 x H x W) that are inverted:
+    mean intensity above OUTLIER_INTENSITY of full scale."""
+    intensity = (images.float().flatten(1).mean(1) + 1) / 2
+    return float((intensity > OUTLIER_INTENSITY).float().mean())
 
 
 @contextlib.contextmanager

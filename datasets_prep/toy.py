@@ -1,8 +1,8 @@
 """Synthetic toy distributions: the one home of every toy source and target.
 
 `sample_toy(name, n, dim)` draws n points as one (n, dim) float32 tensor, without a
-per-item loop, on the device of the caller's choice. train_toy.py (UOTM 1-D runs) and
-train.py's 2-D S-JKO runs both sample from here.
+per-item loop, on the device of the caller's choice. The UOTM paper's toys (TOYS_UOTM)
+are trained by train_toy.py, the S-JKO paper's 2-D toys (TOYS_2D) by train.py.
 
 1-D (the UOTM paper's toys, docs/reference.md section 5):
     outlier   (1 - p) N(1, 0.1^2) + p N(-1, 0.1^2)
@@ -39,6 +39,8 @@ TOY_DIMS = {
     "25gaussian": 2, "8gaussian": 2, "twocircles": 2, "checkerboard": 2, "spiral": 2, "moons": 2,
 }
 TOY_NAMES = tuple(TOY_DIMS)
+TOYS_2D = tuple(name for name, dim in TOY_DIMS.items() if dim == 2)
+TOYS_UOTM = tuple(name for name in TOY_DIMS if name not in TOYS_2D)
 
 
 def _grid_means():
@@ -61,10 +63,15 @@ TOY_MODES = {
 }
 
 
-def check_toy(name, dim, flag="--source_name/--target_name"):
-    """Raise a UsageError naming `flag` unless `name` is a toy that exists in `dim` dimensions."""
-    if name not in TOY_DIMS:
-        raise UsageError(f"{flag}: unknown toy distribution '{name}'; choose one of {', '.join(TOY_NAMES)}")
+def metric_args(name):
+    """What uot.metrics.toy_metrics must know of target `name`: its modes, its outlier mode."""
+    return dict(modes=TOY_MODES.get(name), outlier=(-1.0, 1.0) if name == "outlier" else None)
+
+
+def check_toy(name, dim, flag="--source_name/--target_name", names=TOY_NAMES):
+    """Raise a UsageError naming `flag` unless `name` is one of `names` and exists in `dim` dimensions."""
+    if name not in names:
+        raise UsageError(f"{flag}: unknown toy distribution '{name}'; choose one of {', '.join(names)}")
     if dim < 1:
         raise UsageError(f"--data_dim must be >= 1, got {dim}")
     if TOY_DIMS[name] not in (None, dim):

@@ -11,14 +11,18 @@ import torch.nn as nn
 from uot.errors import UsageError
 
 ON_OFF = argparse.BooleanOptionalAction  # --fir keeps it on, --no-fir turns it off
+MODEL_NAMES = ("ncsnpp", "otm", "dcgan", "toy")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the generator/potential flags of the UOTM CLI with its CIFAR-10 defaults."""
     g = parser.add_argument_group("networks")
-    g.add_argument("--model_name", default="ncsnpp", choices=["ncsnpp", "toy", "dcgan"],
-                   help="ncsnpp: NCSN++ map + residual potential; dcgan: ~0.4M-parameter pair; toy: MLPs")
-    g.add_argument("--image_size", type=int, default=32, help="image resolution in pixels; for the 2-D toys (--model_name toy), the data dimension: 2")
+    g.add_argument("--model_name", default="ncsnpp", choices=MODEL_NAMES,
+                   help="ncsnpp: NCSN++ map + residual potential; otm: the S-JKO tables' 'Small' pair (a 192-d "
+                        "source for RGB); dcgan: a ~0.4M-parameter pair; toy: MLPs for the 2-D toys")
+    g.add_argument("--image_size", type=int, default=None,
+                   help="image resolution in pixels (default: the dataset's, e.g. 32 for CIFAR-10); "
+                        "for the 2-D toys (--model_name toy), the data dimension: 2")
     g.add_argument("--num_channels", type=int, default=3, help="image channels")
     g.add_argument("--centered", action=ON_OFF, default=True,
                    help="inputs already in [-1, 1]; --no-centered maps [0, 1] inputs to [-1, 1]")
@@ -64,11 +68,35 @@ def check_image_size(cfg):
             f"times, so --image_size must be a multiple of {need} (or change --ch_mult)")
 
 
+def source_shape(cfg):
+    """Shape of one source sample x (without the batch): the image's, but for the otm map's
+    C x 8 x 8 noise and the toys' data dimension."""
+    if cfg.model_name == "toy":
+        return (cfg.image_size,)
+    if cfg.model_name == "otm":
+        from .otm import otm_source_shape
+        return otm_source_shape(cfg.num_channels)
+    return (cfg.num_channels, cfg.image_size, cfg.image_size)
+
+
+def initial_reference(cfg):
+    """The reference map of the first phase, which the cost measures T(x) against: the identity,
+    or for the otm map the source upsampled to the image size."""
+    if cfg.model_name == "otm":
+        from .otm import otm_reference
+        return lambda x: otm_reference(x, cfg.image_size)
+    return lambda x: x
+
+
 def build_generator(cfg) -> nn.Module:
     """The transport map T(x, z) selected by cfg.model_name."""
     if cfg.model_name == "toy":
         from .toy import ToyGenerator
         return ToyGenerator(cfg.image_size, cfg.nz)
+    if cfg.model_name == "otm":
+        from .otm import OTMGenerator, check_otm_image_size
+        check_otm_image_size(cfg.image_size)
+        return OTMGenerator(cfg.num_channels, cfg.image_size, cfg.ngf)
     if cfg.model_name == "dcgan":
         from .dcgan import DCGANGenerator, check_dcgan_image_size
         check_dcgan_image_size(cfg.image_size)
@@ -77,7 +105,7 @@ def build_generator(cfg) -> nn.Module:
         from .ncsnpp import NCSNpp
         check_image_size(cfg)
         return NCSNpp(cfg)
-    raise UsageError(f"--model_name {cfg.model_name!r} is not one of ncsnpp, toy, dcgan")
+    raise UsageError(f"--model_name {cfg.model_name!r} is not one of {', '.join(MODEL_NAMES)}")
 
 
 def build_potential(cfg) -> nn.Module:
@@ -85,6 +113,10 @@ def build_potential(cfg) -> nn.Module:
     if cfg.model_name == "toy":
         from .toy import ToyPotential
         return ToyPotential(cfg.image_size)
+    if cfg.model_name == "otm":
+        from .otm import OTMPotential, check_otm_image_size
+        check_otm_image_size(cfg.image_size)
+        return OTMPotential(cfg.num_channels, cfg.ngf)
     if cfg.model_name == "dcgan":
         from .dcgan import DCGANPotential, check_dcgan_image_size
         check_dcgan_image_size(cfg.image_size)
@@ -94,7 +126,7 @@ def build_potential(cfg) -> nn.Module:
         check_image_size(cfg)
         potential = SmallPotential if cfg.image_size <= 64 else LargePotential
         return potential(cfg.num_channels, cfg.ngf, tuple(cfg.fir_kernel))
-    raise UsageError(f"--model_name {cfg.model_name!r} is not one of ncsnpp, toy, dcgan")
+    raise UsageError(f"--model_name {cfg.model_name!r} is not one of {', '.join(MODEL_NAMES)}")
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""Small DCGAN-like networks (the "Small" rows of the S-JKO tables, ~0.4M parameters at 32 px).
+"""Small DCGAN-like networks (~0.4M parameters at 32 px), for quick experiments. (The
+"Small" rows of the S-JKO tables are a different pair: --model_name otm, score_sde/otm.py.)
 
 The map T(x, z) encodes the source image x with two stride-2 convs, adds a per-channel
 embedding of z at the bottleneck, and decodes with two stride-2 transposed convs.

@@ -22,10 +22,7 @@ import statistics
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import train  # noqa: E402
+import train
 
 TOY = ("--dataset 25gaussian --image_size 2 --model_name toy --nz 2 --batch_size 400 --lr_g 1e-4 --lr_d 2e-5 "
        "--reg_name none --phi2 kl --no_use_ema")

@@ -12,22 +12,18 @@ import argparse
 import os
 import shlex
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
+import train_toy
 
-import train_toy  # noqa: E402
-
-SEED_SCRIPT = os.path.join(ROOT, "scripts", "toy_outlier.sh")
+OUTLIER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_outlier.sh")
 
 
-def seed_outlier_flags():
+def outlier_flags():
     """The train_toy.py flags of scripts/toy_outlier.sh, the UOTM README's outlier command."""
-    text = open(SEED_SCRIPT).read().replace("\\\n", " ")
+    text = open(OUTLIER_SCRIPT).read().replace("\\\n", " ")
     command = next(line for line in text.splitlines() if "train_toy.py" in line)
     return [flag for flag in shlex.split(command.split("train_toy.py", 1)[1]) if flag != "$@"]
 
@@ -38,15 +34,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=10, help="untimed iterations first")
     bench, extra = parser.parse_known_args()
-    args = train_toy.parse_args(seed_outlier_flags() + extra)
+    args = train_toy.parse_args(outlier_flags() + extra)
     train_toy.validate(args)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     trainer = train_toy.ToyTrainer(args)
 
+    x, y = next(iter(trainer.epoch_batches()))
+
     def run(n):
         for _ in range(n):
-            trainer.train_iteration()
+            trainer.train_iteration(x, y)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -59,7 +57,7 @@ def main():
         cpu.append((time.process_time() - c) / bench.iters)
 
     iters = trainer.iters_per_epoch
-    print(f"seed outlier config: batch {args.batch_size}, {iters} iterations/epoch, n_critic {args.n_critic}, "
+    print(f"outlier config: batch {args.batch_size}, {iters} iterations/epoch, n_critic {args.n_critic}, "
           f"regularize {args.regularize}, device {args.device}, torch threads {torch.get_num_threads()}")
     for name, value in (("median", statistics.median(wall)), ("best", min(wall))):
         print(f"{name:6s}: {value * 1e3:7.1f} ms/iteration  {value * iters:6.2f} s/epoch  "

@@ -4,10 +4,11 @@
         [--batch_size N] [--warmup W --iters N --repeats R] [--compile auto|on|off]
         [--variants NAME ...] [--json PATH]
 
-One iteration is what train.py's loop does per step: train.potential_step (with R1),
-train.map_step, then the generator EMA, on synthetic batches of the config's shape
-(the data pipeline is not timed). The networks and flags come from train.py's own
-parser; every variant starts from the same initial weights. Variants:
+One iteration is what train.py's loop does per step, train.iteration: a potential step
+(with R1), a map step, then the generator EMA, on synthetic batches of the config's
+shape (the data pipeline is not timed). Each variant is set up by train.build_training
+from train.py's own parser, so it runs exactly train.py's code; every variant starts from
+the same initial weights. Variants:
 
   baseline       fp32 eager, contiguous tensors, for-loop Adam, EMA as a per-parameter
                  Python loop (the public code's way), R1 every step
@@ -33,19 +34,13 @@ import shlex
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+import types
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import torch
 
-import torch  # noqa: E402
-
-import train  # noqa: E402
-from score_sde import build_generator, build_potential, count_parameters  # noqa: E402
-from uot.ema import make_ema, update_ema  # noqa: E402
-from uot.io import atomic_write_json  # noqa: E402
-from uot.losses import SemiDualLoss, image_cost_scale  # noqa: E402
-from uot.phi import select_phi  # noqa: E402
+import train
+from score_sde import build_generator, build_potential, count_parameters
+from uot.io import atomic_write_json
 
 # train.py flags of each benchmark configuration, and CPU-friendly timing defaults.
 CONFIGS = {
@@ -140,7 +135,7 @@ def sync(device):
 
 def train_args(config_flags, settings, batch_size, device):
     """train.py's args for one variant, through its own parser and validation."""
-    argv = shlex.split(config_flags) + ["--device", device.type, "--amp", settings["amp"],
+    argv = shlex.split(config_flags) + ["--device", device.type, "--amp", settings["amp"], "--use_ema",
                                         "--r1_every", str(settings["r1_every"])]
     argv += ["--channels_last"] * settings["channels_last"] + ["--compile"] * settings["compile"]
     if batch_size:
@@ -149,45 +144,31 @@ def train_args(config_flags, settings, batch_size, device):
 
 
 def build_variant(config_flags, settings, batch_size, device):
-    """Networks, optimizers and one training iteration for one variant: returns `iteration(step)`,
-    the variant's args and the parameter counts of G and D."""
+    """One variant, set up as train.py sets up a run: returns `iteration(step)`, the variant's
+    args and the parameter counts of G and D."""
     args = train_args(config_flags, settings, batch_size, device)
-    # the same construction as train.run_training / training_loop
     torch.manual_seed(args.seed)
-    G, D = build_generator(args), build_potential(args)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
-    G_ema = make_ema(G)
-    adam = dict(betas=(args.beta1, args.beta2), foreach=False, fused=False)
-    if settings["adam"] != "loop":
-        adam[settings["adam"]] = True
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, **adam)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, **adam)
-    ema_step = update_ema if settings["ema"] == "foreach" else update_ema_loop
-    G_fast, D_fast = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else nullcontext()
-    loss_fn = SemiDualLoss(select_phi(args.phi1), select_phi(args.phi2))
-    cost_scale = image_cost_scale(args.tau)
-
+    run = train.build_training(args, device, build_generator(args), build_potential(args))
+    state = run.state
+    if settings["adam"] != "fused":   # train.py's optimizers are fused Adam
+        adam = dict(betas=(args.beta1, args.beta2), foreach=settings["adam"] == "foreach", fused=False)
+        state.opt_G = torch.optim.Adam(state.G.parameters(), lr=args.lr_g, **adam)
+        state.opt_D = torch.optim.Adam(state.D.parameters(), lr=args.lr_d, **adam)
+    if settings["ema"] == "loop":
+        state.update_ema = types.MethodType(lambda self: update_ema_loop(self.G_ema, self.G, self.ema_decay), state)
+    phase = train.enter_phase(run, run.phases[0], log=lambda message: None)
     shape = (args.image_size,) if args.toy else (args.num_channels, args.image_size, args.image_size)
-    real = torch.rand((args.batch_size,) + shape, device=device) * 2 - 1   # a batch in [-1, 1]
+    real = torch.rand((args.batch_size, *shape), device=device) * 2 - 1   # a batch in [-1, 1]
     if args.channels_last:
         real = real.contiguous(memory_format=torch.channels_last)   # as datasets_prep.loader yields it
 
     def iteration(step):
-        """One step of train.training_loop (UOTM, identity reference: y_ref = x); returns the losses."""
-        x = torch.randn_like(real)
-        z = lambda: torch.randn(args.batch_size, args.nz, device=device)  # noqa: E731
-        penalize_r1 = args.reg_name == "r1" and args.r1_gamma > 0 and step % args.r1_every == 0
-        loss_D, *_ = train.potential_step(
-            G_fast, D, D_fast, opt_D, loss_fn, real, x, z(), x, cost_scale,
-            r1_weight=0.5 * args.r1_gamma * args.r1_every if penalize_r1 else 0.0, gp_weight=0.0,
-            autocast=autocast)
-        loss_G = train.map_step(G, G_fast, D, D_fast, opt_G, loss_fn, x, z(), x, cost_scale, autocast)
-        ema_step(G_ema, G, args.ema_decay)
-        return torch.stack([loss_D, loss_G])
+        """One step of train.training_loop; returns the two losses."""
+        state.step = step
+        stats = train.iteration(run, phase, real)
+        return torch.stack([stats["loss_D"], stats["loss_G"]])
 
-    return iteration, args, count_parameters(G), count_parameters(D)
+    return iteration, args, count_parameters(state.G), count_parameters(state.D)
 
 
 class Runner:

@@ -13,18 +13,14 @@ import glob
 import json
 import os
 import re
-import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import matplotlib.pyplot as plt
 
-import matplotlib.pyplot as plt  # noqa: E402
-
-from datasets_prep.toy import TOY_MODES  # noqa: E402
-from uot.metrics import mode_coverage  # noqa: E402
-from uot.plots import draw_scatter_2d, save_figure  # noqa: E402
+from datasets_prep.toy import TOY_MODES
+from uot.metrics import mode_coverage
+from uot.plots import draw_scatter_2d, save_figure
 
 
 def outer_modes_covered(generated):

@@ -13,6 +13,19 @@ if ROOT not in sys.path:
 from tiny import INCEPTION_WEIGHTS_NAME  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def uotm_cache(tmp_path_factory):
+    """The digits classifier of datasets_prep.digits_eval is trained and cached once per test
+    session, in a temporary folder (subprocesses inherit it), not in the user's cache."""
+    previous = os.environ.get("UOTM_CACHE")
+    os.environ["UOTM_CACHE"] = str(tmp_path_factory.mktemp("uotm_cache"))
+    yield os.environ["UOTM_CACHE"]
+    if previous is None:
+        del os.environ["UOTM_CACHE"]
+    else:
+        os.environ["UOTM_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def torch_home(tmp_path_factory):
     """TORCH_HOME whose hub cache holds a random-weights Inception of the FID architecture."""

@@ -1,17 +1,24 @@
 """scripts/bench_train.py: every variant is reported, with figures that add up, and its
 baseline EMA is the same average as uot.ema's."""
+import importlib.util
 import json
 import os
-import sys
 
 import torch
 
-from uot.ema import make_ema, update_ema
+from tiny import ROOT
+from uot.ema import frozen_copy, update_ema
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-import bench_train  # noqa: E402
+def load_script(name):
+    """A script of scripts/ as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_train = load_script("bench_train")
 
 NAMES = ["baseline", "bf16", "channels_last", "compile", "adam_foreach", "adam_fused", "ema_foreach", "tf32_cudnn",
          "lazy_r1", "default", "all", "all+lazy_r1"]
@@ -47,7 +54,7 @@ def test_toy_run_reports_every_variant(tmp_path):
 def test_baseline_ema_loop_is_the_foreach_lerp():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    ema_loop, ema_lerp = make_ema(model), make_ema(model)
+    ema_loop, ema_lerp = frozen_copy(model), frozen_copy(model)
     for _ in range(3):
         with torch.no_grad():
             for p in model.parameters():

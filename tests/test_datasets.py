@@ -3,6 +3,7 @@ format and its CLIs, the offline errors, and the sharded batch order the trainer
 
 No test touches the network: the `offline` fixture makes any connection attempt fail at once.
 """
+import importlib.util
 import io
 import os
 import pickle
@@ -18,11 +19,13 @@ import torchvision.datasets.cifar
 import torchvision.datasets.mnist
 from PIL import Image
 
-from datasets_prep import OUTLIER_LABEL, as_uint8_tensor, build_image_dataset, dataset_num_channels
+from datasets_prep import DATASETS, OUTLIER_LABEL, as_uint8_tensor, build_image_dataset, dataset_info
+from datasets_prep.images import outlier_fraction
 from datasets_prep import celeba_to_lmdb, check_dataset, folder_to_lmdb, images as images_module
 from datasets_prep.lmdb_dataset import LMDBImageDataset, write_image_lmdb
 from datasets_prep.loader import ImageStream, ShardedBatches
-from uot import fid
+from datasets_prep.reference import reference_dataset
+from tiny import ROOT
 from uot.errors import UsageError
 
 
@@ -93,7 +96,7 @@ def test_digits_shape_range_and_values():
     from sklearn.datasets import load_digits
 
     native = build_image_dataset("digits", None, 8)
-    assert len(native) == 1797 and dataset_num_channels("digits") == 1
+    assert len(native) == 1797 and dataset_info("digits").channels == 1
     image, label = native[0]
     digits = load_digits()
     assert image.dtype == torch.uint8 and image.shape == (1, 8, 8) and label == digits.target[0]
@@ -101,6 +104,46 @@ def test_digits_shape_range_and_values():
     resized = as_uint8_tensor(build_image_dataset("digits", None, 16))
     assert resized.shape == (1797, 1, 16, 16) and resized.dtype == torch.uint8
     assert resized.min() == 0 and resized.max() == 255
+
+
+def test_digits_with_outliers_appends_1_percent_inverted_digits():
+    digits = build_image_dataset("digits", None, 8)
+    mixed = build_image_dataset("digits+outliers", None, 8)
+    assert len(mixed) == 1797 + 18 and dataset_info("digits+outliers").channels == 1
+    for i in range(18):   # the first 18 digits, inverted, labelled OUTLIER_LABEL
+        image, label = mixed[1797 + i]
+        assert label == OUTLIER_LABEL and torch.equal(image, 255 - digits[i][0])
+    assert all(torch.equal(mixed[i][0], digits[i][0]) for i in (0, 1796))
+    # the outlier measure tells them apart: mean intensity above half of full scale
+    to_model = lambda images: images.float() / 127.5 - 1  # noqa: E731  (the trainer's scaling)
+    assert outlier_fraction(to_model(as_uint8_tensor(digits))) == 0.0
+    assert outlier_fraction(to_model(as_uint8_tensor(mixed))) == pytest.approx(18 / 1815)
+    assert outlier_fraction(torch.ones(4, 1, 8, 8)) == 1.0 and outlier_fraction(-torch.ones(4, 1, 8, 8)) == 0.0
+
+
+def test_one_table_gives_every_script_the_same_default_size(monkeypatch, capsys):
+    import train
+    for name, info in DATASETS.items():
+        if info.image_size is not None:
+            args = train.resolve_args(train.build_parser().parse_args(["--dataset", name]), 1)
+            assert (args.image_size, args.num_channels) == (info.image_size, info.channels), name
+    assert DATASETS["digits"].image_size == 8 and DATASETS["cifar10"].image_size == 32
+    check_dataset.main(["--dataset", "digits"])
+    assert "digits train: 1797 images, shape 1x8x8" in capsys.readouterr().out
+    # test.py --compute_stats digits: the reference set it builds is the same 8 px one
+    spec = importlib.util.spec_from_file_location("uotm_test_script", os.path.join(ROOT, "test.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    sizes = []
+
+    def stop_at_the_dataset(source, image_size, datadir):
+        sizes.append(image_size)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "reference_dataset", stop_at_the_dataset)
+    with pytest.raises(KeyboardInterrupt):
+        script.compute_stats(script.parse_args(["--compute_stats", "digits"]), torch.device("cpu"))
+    assert sizes == [8]
 
 
 def test_mnist_reads_the_raw_idx_files(tmp_path, offline):
@@ -119,7 +162,7 @@ def test_cifar10_reads_the_python_batches(tmp_path, skip_cifar_md5, offline):
     fake_cifar(tmp_path, per_batch=2)
     train = build_image_dataset("cifar10", str(tmp_path), 32, download=False)
     test = build_image_dataset("cifar10", str(tmp_path), 32, split="test", download=False)
-    assert len(train) == 10 and len(test) == 2 and dataset_num_channels("cifar10") == 3
+    assert len(train) == 10 and len(test) == 2 and dataset_info("cifar10").channels == 3
     image, label = train[3]  # data_batch_2, its second image
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8 and label == 2
     assert image[:, 5, 7].tolist() == [0, 103, 255] and image[1, 0, 0] == 103
@@ -201,7 +244,7 @@ def test_imagefolder_resizes_and_center_crops(tmp_path):
     assert (a[1] == 255).all() and (a[0] == 0).all()
     assert (b[2] >= 250).all() and (b[:2] <= 5).all()
     assert torch.equal(c[0], c[1]) and torch.equal(c[0], c[2]) and c[0, 0, 0] == 18  # L = 0.299 R + 0.587 G + ..
-    reference = fid.reference_dataset(str(tmp_path), 6)  # test.py --ref_dir FOLDER: the same uint8 items
+    reference = reference_dataset(str(tmp_path), 6)  # test.py --ref_dir FOLDER: the same uint8 items
     assert len(reference) == 3 and all(torch.equal(reference[i][0], dataset[i][0]) for i in range(3))
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from uot.errors import UsageError
-from uot.losses import (JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale, quadratic_cost,
+from uot.losses import (GANLoss, JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale, quadratic_cost,
                         r1_penalty, source_gradient_penalty, toy_cost_scale)
 from uot.phi import PHI, ScaledPhi, register_phi, select_phi
 
@@ -103,6 +103,51 @@ def test_semidual_losses_by_hand():
     assert sf.potential(V_FAKE, V_REAL, COST).item() == pytest.approx((-0.25 + chi_sum) / 3)
 
 
+def test_all_pairs_potential_loss_by_hand():
+    # the public UOTM image code: Psi1*(v_i - c_j) over all 9 pairs (i, j)
+    loss = SemiDualLoss("kl", "kl", pairing="all_pairs")
+    pairs = [math.exp(v - c) - 1 for v in V_FAKE.tolist() for c in COST.tolist()]
+    target = ((math.exp(-1.0) - 1) + 0.0 + (math.exp(0.5) - 1)) / 3
+    assert loss.potential(V_FAKE, V_REAL, COST).item() == pytest.approx(sum(pairs) / 9 + target, rel=1e-6)
+    # for kl that is mean_i exp(v_i) * mean_j exp(-c_j) - 1: the per-sample cost weighting is gone
+    factorized = (V_FAKE.exp().mean() * (-COST).exp().mean()).item() - 1
+    assert sum(pairs) / 9 == pytest.approx(factorized, rel=1e-6)
+    per_sample = SemiDualLoss("kl", "kl").potential(V_FAKE, V_REAL, COST).item()
+    assert abs(per_sample - (sum(pairs) / 9 + target)) > 0.1
+    # equal costs make the two pairings equal; a linear Psi1* too (the mean is linear)
+    flat = torch.full((3,), 0.5)
+    assert loss.potential(V_FAKE, V_REAL, flat).item() == pytest.approx(
+        SemiDualLoss("kl", "kl").potential(V_FAKE, V_REAL, flat).item(), rel=1e-6)
+    assert SemiDualLoss("linear", "kl", "all_pairs").potential(V_FAKE, V_REAL, COST).item() == pytest.approx(
+        SemiDualLoss("linear", "kl").potential(V_FAKE, V_REAL, COST).item(), rel=1e-6)
+    # the map loss is linear in the cost: the pairing does not touch it
+    assert loss.map(V_FAKE, COST).item() == SemiDualLoss("kl", "kl").map(V_FAKE, COST).item()
+
+
+def test_a_linear_psi1_needs_no_cost_in_the_potential_step():
+    assert not SemiDualLoss("linear", "kl").potential_uses_cost
+    assert not SemiDualLoss(ScaledPhi(select_phi("linear"), 3.0), "kl").potential_uses_cost
+    assert SemiDualLoss("kl", "kl").potential_uses_cost and not JSDLoss().potential_uses_cost
+    # without the cost the value is E v(T x) + E Psi2*(-v(y)), the S-JKO code's potential loss
+    value = SemiDualLoss("linear", "kl").potential(V_FAKE, V_REAL, None).item()
+    assert value == pytest.approx(V_FAKE.mean().item() + (V_REAL.neg().exp() - 1).mean().item(), rel=1e-6)
+    with pytest.raises(ValueError):
+        SemiDualLoss("kl", "kl").potential(V_FAKE, V_REAL, None)
+
+
+def test_gan_losses_by_hand():
+    # non-saturating GAN: the potential as in JSD, the map without any transport cost
+    sp = lambda s: math.log1p(math.exp(s))  # noqa: E731
+    loss = GANLoss()
+    expected_v = (sp(-1.0) + sp(0.0) + sp(0.5)) / 3 + (sp(0.5) + sp(-1.0) + sp(2.0)) / 3
+    assert loss.potential(V_FAKE, V_REAL, COST).item() == pytest.approx(expected_v, rel=1e-6)
+    assert loss.map(V_FAKE, COST).item() == pytest.approx((sp(-0.5) + sp(1.0) + sp(-2.0)) / 3, rel=1e-6)
+    # its gradient in v(T x) is -sigmoid(-v) / B: it pushes every generated sample's potential up
+    v = V_FAKE.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss.map(v, COST), v)
+    torch.testing.assert_close(grad, -torch.sigmoid(-V_FAKE) / 3)
+
+
 def test_jsd_losses_by_hand():
     sp = lambda s: math.log1p(math.exp(s))  # noqa: E731
     loss = JSDLoss()
@@ -137,9 +182,17 @@ def test_source_gradient_penalty_through_the_map():
     assert ga.item() == pytest.approx(16 * 1.5 ** 3 * 2.5)
 
 
-def test_the_scripts_take_psi_from_utils():
+def test_a_psi_registered_in_utils_reaches_both_training_scripts():
     # a register_phi line at the bottom of utils.py (where the UOTM README sends users) reaches every CLI
     import train
     import train_toy
     import utils
-    assert train.select_phi is utils.select_phi and train_toy.select_phi is utils.select_phi
+    utils.register_phi("softplus_sq", lambda s: torch.nn.functional.softplus(s) ** 2)
+    try:
+        args = train.resolve_args(train.build_parser().parse_args(["--phi1", "softplus_sq", "--phi2", "kl"]), 1)
+        assert args.phi1 == "softplus_sq"
+        train_toy.validate(train_toy.parse_args(["--target_name", "q", "--phi2", "softplus_sq", "--device", "cpu"]))
+    finally:
+        PHI.pop("softplus_sq")
+    with pytest.raises(UsageError, match="--phi1: unknown Psi. 'softplus_sq'"):
+        train.resolve_args(train.build_parser().parse_args(["--phi1", "softplus_sq"]), 1)

@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
-from datasets_prep.toy import TOY_MODES, sample_toy
+from datasets_prep.toy import TOY_MODES, metric_args, sample_toy
 from uot.metrics import energy_distance, knn_kl, mode_coverage, outlier_fraction, toy_metrics, w1_1d
 
 
@@ -39,6 +39,8 @@ def test_mode_coverage_all_half_and_threshold():
     assert mode_coverage(samples, means, std, min_fraction=0.004) == pytest.approx(13 / 25)
     # 5 std away from every mean: nothing covered
     assert mode_coverage(means[:3] + 5 * std, means, std) == 0.0
+    # a fixed radius instead of 3 std: 5 std away on both axes is 7.1 std away, inside a radius of 8 std
+    assert mode_coverage(means[:3] + 5 * std, means, std, radius=8 * std) == pytest.approx(3 / 25)
 
 
 def test_knn_kl_zero_for_same_distribution_large_for_shifted():
@@ -85,10 +87,10 @@ def test_energy_distance_matches_scipy_in_1d_and_separates_distributions():
 def test_toy_metrics_reports_what_applies():
     generator = torch.Generator().manual_seed(5)
     outlier = sample_toy("outlier", 1000, generator=generator)
-    m = toy_metrics(outlier, outlier, "outlier")
+    m = toy_metrics(outlier, outlier, **metric_args("outlier"))
     assert set(m) == {"knn_kl", "energy_distance", "w1", "outlier_fraction"}
     assert m["w1"] == 0.0 and m["outlier_fraction"] == pytest.approx(0.01)
     grid = sample_toy("25gaussian", 1000, 2, generator=generator)
-    m = toy_metrics(grid, sample_toy("25gaussian", 1000, 2, generator=generator), "25gaussian")
+    m = toy_metrics(grid, sample_toy("25gaussian", 1000, 2, generator=generator), **metric_args("25gaussian"))
     assert set(m) == {"knn_kl", "energy_distance", "mode_coverage"} and m["mode_coverage"] == 1.0
-    assert set(toy_metrics(grid, grid, "moons")) == {"knn_kl", "energy_distance"}
+    assert set(toy_metrics(grid, grid, **metric_args("moons"))) == {"knn_kl", "energy_distance"}

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from score_sde import add_model_args, build_generator, build_potential, count_parameters
+from score_sde import (add_model_args, build_generator, build_potential, count_parameters, initial_reference,
+                       source_shape)
 from score_sde.dcgan import DCGANGenerator, DCGANPotential
 from score_sde.layers import (FIRDownConv, FIRDownsample, FIRUpConv, FIRUpsample, ResnetBlockBigGAN,
                               ResnetBlockDDPM, fir_kernel_2d, upfirdn2d)
@@ -16,7 +17,10 @@ from uot.errors import UsageError
 
 
 def parse(*argv):
-    return add_model_args(argparse.ArgumentParser()).parse_args(list(argv))
+    """Network options as train.py parses them; --image_size 32 (CIFAR-10's) unless given."""
+    cfg = add_model_args(argparse.ArgumentParser()).parse_args(list(argv))
+    cfg.image_size = cfg.image_size or 32
+    return cfg
 
 
 def tiny(size=16, *extra):
@@ -358,3 +362,35 @@ def test_celeba_hq_256_builds_with_large_potential():
     assert isinstance(pot, LargePotential) and pot.num_downsamples == 6
     print(f"\nceleba-hq-256: generator {count_parameters(gen) / 1e6:.2f}M, potential {count_parameters(pot) / 1e6:.2f}M")
     assert count_parameters(pot) == 26_881_537
+
+
+# ----------------------------------------------------------------------------- the "Small" (otm) pair
+
+def test_otm_pair_shapes_sizes_and_source():
+    cfg = parse("--model_name", "otm")
+    G, D = build_generator(cfg), build_potential(cfg)
+    # the S-JKO tables' small model at CIFAR-10 settings (ngf 64): counted by hand from its layers:
+    # dense 192 -> 4*4*64, three up-blocks of 2 x (BN + 3x3 conv), BN, a 3x3 conv to RGB
+    up_block = 2 * (2 * 64 + 64 * 64 * 9 + 64)
+    assert count_parameters(G) == (192 * 1024 + 1024) + 3 * up_block + 128 + (64 * 3 * 9 + 3) == 421_827
+    assert count_parameters(D) == 264_769
+    assert source_shape(cfg) == (3, 8, 8)
+    x = torch.randn(6, 3, 8, 8)
+    y = G(x, torch.randn(6, 100))
+    assert y.shape == (6, 3, 32, 32) and y.abs().max() <= 1 and D(y).shape == (6,)
+    torch.testing.assert_close(G(x, torch.zeros(6, 100)), y)            # z is ignored
+    assert not torch.allclose(G(x[:3], None), y[:3])                     # batch statistics, always
+    G.eval()
+    torch.testing.assert_close(G(x, None), y)                            # also in eval mode
+    # the phase-0 reference: the source upsampled bicubically to the image size
+    reference = initial_reference(cfg)(x)
+    torch.testing.assert_close(reference, torch.nn.functional.interpolate(x, size=(32, 32), mode="bicubic"))
+    assert torch.equal(initial_reference(parse())(x), x)                 # other maps: the identity
+
+
+def test_otm_potential_has_an_r1_double_backward():
+    D = build_potential(parse("--model_name", "otm", "--ngf", "8"))
+    y = torch.randn(4, 3, 32, 32, requires_grad=True)
+    (grad,) = torch.autograd.grad(D(y).sum(), y, create_graph=True)
+    weight_grads = torch.autograd.grad(grad.square().sum(), list(D.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in weight_grads)

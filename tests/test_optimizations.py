@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import train
+from uot import steps
 from tiny import TINY_IMAGE, TINY_TOY
 from score_sde import build_generator, build_potential
 from uot.losses import SemiDualLoss
@@ -34,10 +35,10 @@ def batch(args, channels_last=False):
 
 
 def potential_step(G, D, real, x, z, r1_weight, autocast):
-    """train.potential_step with lr 0, so D's gradient can be read after the call."""
+    """uot.steps.potential_step with lr 0, so D's gradient can be read after the call."""
     opt = torch.optim.Adam(D.parameters(), lr=0.0)
-    out = train.potential_step(G, D, D, opt, SemiDualLoss("kl", "kl"), real, x, z, x, 1e-3,
-                               r1_weight=r1_weight, gp_weight=0.0, autocast=autocast)
+    out = steps.potential_step(G, D, opt, SemiDualLoss("kl", "kl"), real, x, z, x, 1e-3,
+                               r1_weight=r1_weight, autocast=autocast)
     grad = torch.cat([p.grad.flatten() for p in D.parameters()])
     return out, grad
 
@@ -58,8 +59,8 @@ def test_bf16_autocast_keeps_the_potential_loss_and_the_r1_double_backward():
     real, x, z = batch(args)
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     r1_weight = 1e3   # R1's double-backward term then dominates D's gradient
-    (loss32, pen32, vr32, vf32, _), grad32 = potential_step(G, copy.deepcopy(D), real, x, z, r1_weight, nullcontext())
-    (loss16, pen16, vr16, vf16, _), grad16 = potential_step(G, copy.deepcopy(D), real, x, z, r1_weight, bf16())
+    (loss32, pen32, vr32, vf32), grad32 = potential_step(G, copy.deepcopy(D), real, x, z, r1_weight, nullcontext())
+    (loss16, pen16, vr16, vf16), grad16 = potential_step(G, copy.deepcopy(D), real, x, z, r1_weight, bf16())
     _, grad_no_r1 = potential_step(G, copy.deepcopy(D), real, x, z, 0.0, bf16())
     assert pen32 > 1e-5 and vr16.dtype == torch.float32
     # bf16 keeps 8 bits of mantissa: about 1% on the potential, its loss and R1 (measured: < 0.3%)
@@ -78,18 +79,18 @@ def test_channels_last_gives_the_contiguous_numbers():
     assert D_cl.state_dict().keys() == D.state_dict().keys()
     real, x, z = batch(args)
     real_cl, x_cl, _ = batch(args, channels_last=True)
-    (loss, pen, v_real, _, _), grad = potential_step(G, D, real, x, z, 0.1, nullcontext())
-    (loss_cl, pen_cl, v_real_cl, _, _), grad_cl = potential_step(G_cl, D_cl, real_cl, x_cl, z, 0.1,
-                                                                  nullcontext())
+    (loss, pen, v_real, _), grad = potential_step(G, D, real, x, z, 0.1, nullcontext())
+    (loss_cl, pen_cl, v_real_cl, _), grad_cl = potential_step(G_cl, D_cl, real_cl, x_cl, z, 0.1, nullcontext())
     torch.testing.assert_close(loss_cl, loss, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(pen_cl, pen, rtol=1e-3, atol=1e-7)
     torch.testing.assert_close(v_real_cl, v_real, rtol=1e-4, atol=1e-5)
     assert relative_error(grad_cl, grad) < 1e-3
     opt_G = torch.optim.Adam(G_cl.parameters(), lr=0.0)
-    loss_G = train.map_step(G_cl, G_cl, D_cl, D_cl, opt_G, SemiDualLoss("kl", "kl"), x_cl, z, x_cl, 1e-3)
-    ref = train.map_step(G, G, D, D, torch.optim.Adam(G.parameters(), lr=0.0), SemiDualLoss("kl", "kl"),
-                         x, z, x, 1e-3)
+    loss_G, cost = steps.map_step(G_cl, D_cl, opt_G, SemiDualLoss("kl", "kl"), x_cl, z, x_cl, 1e-3)
+    ref, ref_cost = steps.map_step(G, D, torch.optim.Adam(G.parameters(), lr=0.0), SemiDualLoss("kl", "kl"),
+                                   x, z, x, 1e-3)
     torch.testing.assert_close(loss_G, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cost, ref_cost, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("flags", ["--r1_every 2", "--r1_every 2 --amp bf16 --channels_last"])

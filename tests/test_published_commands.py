@@ -5,6 +5,7 @@ one is checked twice: it parses, resolves and builds its networks (--dry_run), a
 script of the same name in scripts/ runs exactly the same configuration.
 """
 import itertools
+import json
 import os
 import re
 import shlex
@@ -14,6 +15,7 @@ import pytest
 import train
 import train_toy
 from tiny import DATA, ROOT
+from uot.errors import UsageError
 
 PLACEHOLDER = re.compile(r"\{([^}]*)\}")
 
@@ -102,3 +104,70 @@ def test_each_published_command_has_its_script(name, command):
         if program == "train.py":   # experiment names are the user's choice
             readme_args.pop("exp"), script_args.pop("exp")
         assert script_args == readme_args, (name, chosen)
+
+
+# --- every default of a mode is its public script's ------------------------------------
+
+with open(os.path.join(DATA, "public_defaults.json"), encoding="utf-8") as f:
+    PUBLIC_DEFAULTS = json.load(f)
+# public flags that are not settings of the algorithm, or that this project spells otherwise
+NOT_COMPARED = {
+    "exp", "resume", "dataset",                     # names and paths; the run's own choice
+    "print_every",                                  # --log_every, the same 100
+    "fid", "fid_every",                             # FID during training is off here unless asked
+    "cost",                                         # only w2 is implemented, in the public code too
+    "clip",                                         # 0 (off) in the public code; no flag here
+    "init_noise", "uniform_quantization",           # declared but never read by train_JSD.py
+    "lmbda",                                        # the R1 weight: compared as r1_gamma
+    "loss_scheduler",                               # None there, "none" here
+}
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("uotm_train.py", []),
+    ("sjko_train.py", ["--init_h", "1", "--phi2", "kl"]),      # an S-JKO flag at its default selects the mode
+    ("sjko_train_JSD.py", ["--init_h", "0.1"]),                # no --phi2: S-JKO-JSD
+])
+def test_every_default_of_a_mode_is_its_public_scripts(script, flags):
+    ours = vars(train.resolve_args(train.build_parser().parse_args(flags), 1))
+    public = {k: v for k, v in PUBLIC_DEFAULTS[script].items() if not k.endswith("__action")}
+    compared = [k for k in public if k not in NOT_COMPARED]
+    differ = {k: (public[k], ours[k]) for k in compared if ours[k] != public[k]}
+    assert not differ, f"public vs ours: {differ}"
+    if "lmbda" in public:   # the S-JKO scripts' R1 weight
+        assert public["reg_name"] == ours["reg_name"] == "r1" and ours["r1_gamma"] == public["lmbda"]
+    assert ours["loss_scheduler"] == "none" and public.get("loss_scheduler") is None
+    assert len(compared) > 40   # the comparison covers the networks and the training settings
+
+
+def test_the_sjko_readmes_cifar10_command_trains_the_map_at_2e_4():
+    [command] = [c for _, name, c in COMMANDS if name == "sjko_cifar10"]
+    args = resolved("train.py", flags_of(expansions(command)[0][1], "train.py"))
+    assert args["lr_g"] == 2e-4 and args["lr_d"] == 1e-4 and args["use_ema"] and args["eta_min"] == 5e-5
+    assert args["phi1"] == "linear" and args["potential_pairing"] == "per_sample"
+
+
+@pytest.mark.parametrize("flags, phi", [
+    ("--phi1 softplus --phi2 softplus", ("softplus", "softplus")),                          # UOTM: UOTM's
+    ("--num_phase 2 --phi2 softplus", ("linear", "softplus_sjko")),                         # S-JKO: S-JKO's
+    ("--num_phase 2 --phi1 softplus --phi2 softplus", ("softplus_sjko", "softplus_sjko")),
+    ("--num_phase 2 --phi2 softplus_sjko", ("linear", "softplus_sjko")),
+])
+def test_softplus_means_the_softplus_of_the_modes_public_code(flags, phi):
+    args = train.resolve_args(train.build_parser().parse_args(shlex.split(flags)), 1)
+    assert (args.phi1, args.phi2) == phi
+
+
+@pytest.mark.parametrize("flags, r1", [
+    ("", 0.2), ("--r1_gamma 5", 5.0),                           # UOTM's name
+    ("--num_phase 2 --lmbda 20", 20.0),                          # S-JKO's name for the same weight
+    ("--num_phase 2 --lmbda 20 --r1_gamma 20", 20.0),
+])
+def test_r1_weight_under_both_names(flags, r1):
+    args = train.resolve_args(train.build_parser().parse_args(shlex.split(flags)), 1)
+    assert args.r1_gamma == r1
+
+
+def test_two_different_r1_weights_are_refused():
+    with pytest.raises(UsageError, match="--r1_gamma 5.0 and --lmbda 20.0"):
+        train.resolve_args(train.build_parser().parse_args(["--lmbda", "20", "--r1_gamma", "5"]), 1)

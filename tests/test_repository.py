@@ -48,3 +48,32 @@ def test_the_pattern_catches_what_it_should():
     for text in ["--datadir data/cifar10", "https://github.com/Jae-Moo/UOTM", "$HOME/.cache/uotm",
                  "~/.cache/x", "train_logs/digits/demo"]:
         assert not pattern.search(text), text
+
+
+def imported_modules(path):
+    """Top-level names of every module `path` imports (absolute imports, anywhere in the file)."""
+    import ast
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_layering_uot_knows_no_dataset_network_or_script():
+    """uot/ is the math and the plumbing: it imports nothing of datasets_prep/, score_sde/ or the
+    scripts, which all build on it (the rule of uot/__init__.py)."""
+    forbidden = {"datasets_prep", "score_sde", "train", "train_toy", "test", "utils", "scripts"}
+    uot = os.path.join(ROOT, "uot")
+    offenders = {name: sorted(imported_modules(os.path.join(uot, name)) & forbidden)
+                 for name in os.listdir(uot) if name.endswith(".py")}
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+    # and the networks know no dataset
+    score_sde = os.path.join(ROOT, "score_sde")
+    for name in os.listdir(score_sde):
+        if name.endswith(".py"):
+            assert not imported_modules(os.path.join(score_sde, name)) & (forbidden - {"uot"}), name

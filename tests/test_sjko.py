@@ -9,7 +9,9 @@ import weakref
 import pytest
 import torch
 
+import datasets_prep.loader
 import train
+import uot.state
 from tiny import read_jsonl, run
 from uot.schedule import alpha_at, data_noise_std
 
@@ -19,22 +21,20 @@ TOY = ("--dataset 8gaussian --image_size 2 --model_name toy --nz 2 --reg_name no
 
 @pytest.fixture
 def no_toy_outputs(monkeypatch):
-    """Skip the final scatter plot and sample metrics (about 2.5 s a run) where they are not tested."""
-    monkeypatch.setattr(train, "save_toy_outputs", lambda *args, **kwargs: None)
+    """Skip the sample plots and metrics (about 2.5 s a run) where they are not tested."""
+    monkeypatch.setattr(train, "save_samples", lambda *args, **kwargs: None)
 
 
-def spy_potential_step(monkeypatch):
-    """Record, per iteration, what train.py hands to potential_step and the cost it gets back."""
-    calls, real_step = [], train.potential_step
+def spy(monkeypatch, name, record):
+    """Wrap train.<name> (potential_step or map_step): `record(*args)` sees the arguments of
+    every call before the step runs, and what it returns is kept."""
+    calls, real = [], getattr(train, name)
 
-    def spy(G_fast, D, D_fast, opt_D, loss_fn, real, x, z, y_ref, cost_scale, *args, **kwargs):
-        with torch.no_grad():
-            fake = G_fast(x, z)   # the toy map is deterministic: the same points the step sees
-        out = real_step(G_fast, D, D_fast, opt_D, loss_fn, real, x, z, y_ref, cost_scale, *args, **kwargs)
-        calls.append(dict(real=real.clone(), x=x.clone(), y_ref=y_ref.clone(), fake=fake, cost=out[4]))
-        return out
+    def wrapper(*args, **kwargs):
+        calls.append(record(*args))
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "potential_step", spy)
+    monkeypatch.setattr(train, name, wrapper)
     return calls
 
 
@@ -77,21 +77,34 @@ def test_trainer_scales_both_psi_by_the_phase_alpha(tmp_path, monkeypatch, no_to
 
 def test_jko_cost_is_half_mean_square_over_h_through_the_trainer(tmp_path, monkeypatch, no_toy_outputs):
     # phase 0 (init_h 0.5) against the identity, phase 1 (h 0.25) against T_0
-    calls = spy_potential_step(monkeypatch)
+    def record(G, D, opt_G, loss, x, z, y_ref, cost_scale, *rest):
+        with torch.no_grad():
+            fake = G(x, z)   # the map the step starts from
+        return dict(x=x, y_ref=y_ref, cost=(0.5 * (fake - y_ref).square().mean(1)).mean())
+
+    calls = spy(monkeypatch, "map_step", record)
     assert run(TOY + " --batch_size 32 --num_phase 2 --init_h 0.5 --h 0.25 --init_num_iterations 2 "
                "--num_iterations 2", tmp_path) == 0
     assert len(calls) == 4
     for i, call in enumerate(calls):
-        h = 0.5 if i < 2 else 0.25
         if i < 2:
-            assert torch.equal(call["y_ref"], call["x"])       # identity reference
+            assert torch.equal(call["y_ref"], call["x"])          # phase 0: the identity reference
         else:
-            assert not torch.allclose(call["y_ref"], call["x"])
-        expected = 0.5 * (call["fake"] - call["y_ref"]).square().mean(1) / h
-        torch.testing.assert_close(call["cost"], expected)
-    # stats.jsonl logs the batch mean of that cost, one line per iteration (--log_every 1)
+            assert not torch.allclose(call["y_ref"], call["x"])   # phase 1: T_0(x, z')
+        call["cost"] /= 0.5 if i < 2 else 0.25                    # c = 0.5 mean_d (y - y_ref)^2 / h
+    # stats.jsonl logs the batch mean of the map step's cost, one line per iteration (--log_every 1)
     logged = [r["cost"] for r in read_jsonl(tmp_path / "8gaussian" / "t" / "stats.jsonl")]
-    assert logged == pytest.approx([c["cost"].mean().item() for c in calls], rel=1e-5)
+    assert logged == pytest.approx([c["cost"].item() for c in calls], rel=1e-5)
+
+
+def test_each_step_draws_its_own_source_batch(tmp_path, monkeypatch, no_toy_outputs):
+    # as in the public loops: the map step does not reuse the potential step's x
+    potential = spy(monkeypatch, "potential_step", lambda G, D, opt, loss, real, x, z, *rest: (x, z, rest[0]))
+    mapping = spy(monkeypatch, "map_step", lambda G, D, opt, loss, x, z, *rest: (x, z))
+    assert run(TOY + " --batch_size 32 --num_phase 2 --init_num_iterations 2 --num_iterations 2", tmp_path) == 0
+    for (x_d, z_d, y_ref), (x_g, z_g) in zip(potential, mapping):
+        assert not torch.equal(x_d, x_g) and not torch.equal(z_d, z_g)
+        assert y_ref is None   # Psi1* linear (source-fixed): the potential step needs no cost
 
 
 # --- (c) data noise -----------------------------------------------------------------
@@ -103,15 +116,15 @@ def test_data_noise_std_by_hand():
 @pytest.mark.parametrize("noise", [True, False])
 def test_trainer_adds_the_phase_data_noise_unless_turned_off(tmp_path, monkeypatch, no_toy_outputs, noise):
     # real data replaced by a constant: whatever varies in the batch is the added noise
-    sample_toy = train.sample_toy
+    sample_toy = datasets_prep.loader.sample_toy
 
     def constant_data(name, n, dim=2, device=None, generator=None):
         if generator is not None:   # the fixed evaluation target: left as it is
             return sample_toy(name, n, dim=dim, device=device, generator=generator)
         return torch.full((n, dim), 3.0, device=device)
 
-    monkeypatch.setattr(train, "sample_toy", constant_data)
-    calls = spy_potential_step(monkeypatch)
+    monkeypatch.setattr(datasets_prep.loader, "sample_toy", constant_data)
+    calls = spy(monkeypatch, "potential_step", lambda G, D, opt, loss, real, *rest: dict(real=real))
     flags = TOY + " --batch_size 2000 --num_phase 2 --init_num_iterations 1 --num_iterations 1"
     assert run(flags + ("" if noise else " --no_data_noise"), tmp_path) == 0
     offsets = [c["real"] - 3.0 for c in calls]
@@ -130,33 +143,29 @@ def test_each_phase_holds_and_evaluates_one_frozen_reference(tmp_path, monkeypat
     """Phase k runs T_{k-1} once per iteration and nothing older: the cost of an iteration
     does not grow with k, unlike JKO schemes that push samples through a chain T_{k-1} o ... o T_0."""
     copies, forwards = [], []   # weak references to every frozen copy; per copy, its forward calls
-    make_ema = train.make_ema
+    frozen_copy = uot.state.frozen_copy
 
     def tracked_copy(model):
-        copy = make_ema(model)
+        copy = frozen_copy(model)
         index = len(copies)
         forwards.append(0)
         copy.register_forward_hook(lambda *_: forwards.__setitem__(index, forwards[index] + 1))
         copies.append(weakref.ref(copy))
         return copy
 
-    monkeypatch.setattr(train, "make_ema", tracked_copy)   # with --no_use_ema, only references
-    alive_per_iteration, forwards_per_iteration = [], []
-    real_step = train.potential_step
+    monkeypatch.setattr(uot.state, "frozen_copy", tracked_copy)   # with --no_use_ema, only references
 
-    def spy(*args, **kwargs):
+    def census(*args):
         gc.collect()
-        alive_per_iteration.append(sum(ref() is not None for ref in copies))
-        forwards_per_iteration.append(list(forwards))
-        return real_step(*args, **kwargs)
+        return sum(ref() is not None for ref in copies), list(forwards)
 
-    monkeypatch.setattr(train, "potential_step", spy)
+    calls = spy(monkeypatch, "potential_step", census)
     assert run(TOY + " --batch_size 16 --num_phase 4 --init_num_iterations 2 --num_iterations 2", tmp_path) == 0
-    assert len(copies) == 3                                # T_0, T_1, T_2 frozen at the boundaries
-    assert alive_per_iteration == [0, 0, 1, 1, 1, 1, 1, 1]  # never more than one held
-    # forward calls per copy, before each potential step: T_{k-1} gives the reference of the
-    # potential step and, on a fresh source batch, of the map step; earlier copies are never called again
-    assert forwards_per_iteration[2:] == [[1], [3], [4, 1], [4, 3], [4, 4, 1], [4, 4, 3]]
+    assert len(copies) == 3                                        # T_0, T_1, T_2 frozen at the boundaries
+    assert [alive for alive, _ in calls] == [0, 0, 1, 1, 1, 1, 1, 1]   # never more than one held
+    # forward calls per copy, before each potential step: T_{k-1} gives the reference of each
+    # map step of phase k (the source-fixed potential step needs none); older copies are never called
+    assert [f for _, f in calls][2:] == [[0], [1], [2, 0], [2, 1], [2, 2, 0], [2, 2, 1]]
 
 
 # --- (e) a short run that learns ---------------------------------------------------------
@@ -180,3 +189,20 @@ def test_short_8gaussian_run_covers_more_modes(tmp_path):
     # diffuse cloud between them (seed 1: 3.15 at step 200, 3.55 at step 600)
     assert all((d / f"scatter_{n}.png").exists() for n in (200, 400, 600))
     assert all((d / f"samples_{n}.npz").exists() for n in (200, 400, 600))
+
+
+# --- the small model of the S-JKO tables (--model_name otm) -----------------------------
+
+def test_the_small_model_trains_from_its_8x8_source_against_the_upsampled_reference(tmp_path, monkeypatch):
+    calls = spy(monkeypatch, "map_step", lambda G, D, opt, loss, x, z, y_ref, *rest: (x.clone(), y_ref.clone()))
+    flags = ("--dataset digits --image_size 16 --model_name otm --ngf 8 --batch_size 16 --phi2 kl --num_phase 2 "
+             "--init_num_iterations 2 --num_iterations 1 --log_every 1")
+    assert run(flags, tmp_path) == 0
+    assert len(calls) == 3
+    for x, y_ref in calls[:2]:   # phase 0: the source (1 x 8 x 8 for the grey digits), upsampled
+        assert x.shape == (16, 1, 8, 8)
+        torch.testing.assert_close(y_ref, torch.nn.functional.interpolate(x, size=(16, 16), mode="bicubic"))
+    x, y_ref = calls[2]          # phase 1: T_0(x) instead
+    assert y_ref.shape == (16, 1, 16, 16)
+    assert not torch.allclose(y_ref, torch.nn.functional.interpolate(x, size=(16, 16), mode="bicubic"))
+    assert (tmp_path / "digits" / "t" / "samples_3.png").exists()

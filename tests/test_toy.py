@@ -151,24 +151,57 @@ def test_regularizer_hand_derived_for_linear_networks():
 # --- training -----------------------------------------------------------------------
 
 def small_args(*flags):
-    return train_toy.parse_args(["--num_data", "1000", "--hidden", "32", "--num_blocks", "1",
+    return train_toy.parse_args(["--num_data", "1024", "--hidden", "32", "--num_blocks", "1",
                                  "--batch_size", "128", "--lr", "1e-3", "--device", "cpu", *flags])
 
 
 def test_short_1d_run_lowers_w1_to_the_target():
-    trainer = train_toy.ToyTrainer(small_args("--target_name", "q", "--tau", "0.02"))
+    trainer = train_toy.ToyTrainer(small_args("--source_name", "p", "--target_name", "q", "--tau", "0.02"))
     before = w1_1d(trainer.generate(), trainer.target)
-    for _ in range(300):
-        trainer.train_iteration()
+    for _ in range(38):   # 8 iterations an epoch: 304 iterations
+        for x, y in trainer.epoch_batches():
+            trainer.train_iteration(x, y)
     after = w1_1d(trainer.generate(), trainer.target)
     assert after < before / 2, (before, after)
 
 
-def test_training_iteration_uses_the_fixed_target_sample_evenly():
-    trainer = train_toy.ToyTrainer(small_args("--target_name", "outlier", "--num_data", "256", "--regularize"))
-    seen = torch.cat([trainer.target_batches(1)[0] for _ in range(4)])  # 4 batches of 128: 2 passes
-    assert torch.equal(seen.sort(0).values, torch.cat([trainer.target] * 2).sort(0).values)
-    loss_v, loss_t = trainer.train_iteration()
+def test_an_epoch_is_a_reshuffle_of_the_fixed_samples_as_the_public_loop_draws_it():
+    # 1000 points, batch 128: floor(1000 / 128) = 7 iterations, the last 104 points dropped
+    trainer = train_toy.ToyTrainer(small_args("--source_name", "p", "--target_name", "q", "--num_data", "1000"))
+    assert trainer.iters_per_epoch == 7
+    batches = list(trainer.epoch_batches())
+    assert len(batches) == 7 and all(x.shape == y.shape == (128, 1) for x, y in batches)
+    for fixed, seen in ((trainer.source, torch.cat([x for x, _ in batches])),
+                        (trainer.target, torch.cat([y for _, y in batches]))):
+        values = set(fixed[:, 0].tolist())
+        assert set(seen[:, 0].tolist()) <= values and len(set(seen[:, 0].tolist())) == 7 * 128
+    again = torch.cat([y for _, y in trainer.epoch_batches()])
+    assert not torch.equal(again, torch.cat([y for _, y in batches]))   # reshuffled every epoch
+    # the `noise` source has no fixed sample: it is drawn fresh
+    fresh = train_toy.ToyTrainer(small_args("--target_name", "outlier"))
+    assert fresh.source is None
+    first, second = (torch.cat([x for x, _ in fresh.epoch_batches()]) for _ in range(2))
+    assert not set(first[:, 0].tolist()) & set(second[:, 0].tolist())
+
+
+def test_an_iteration_reuses_its_batches_and_draws_a_fresh_z_per_step(monkeypatch):
+    trainer = train_toy.ToyTrainer(small_args("--target_name", "outlier", "--regularize"))
+    seen = []
+    for name in ("potential_step", "map_step"):
+        real = getattr(trainer, name)
+
+        def spy(x, z, *rest, real=real, name=name):
+            seen.append((name, x.clone(), z.clone(), *[r.clone() for r in rest]))
+            return real(x, z, *rest)
+
+        monkeypatch.setattr(trainer, name, spy)
+    x, y = next(iter(trainer.epoch_batches()))
+    loss_v, loss_t = trainer.train_iteration(x, y)
+    assert [s[0] for s in seen] == ["potential_step"] * 5 + ["map_step"]
+    assert all(torch.equal(s[1], x) for s in seen)                  # one source batch for all six steps
+    assert all(torch.equal(s[3], y) for s in seen[:5])              # one target batch for the five
+    zs = [s[2] for s in seen]
+    assert all(not torch.equal(a, b) for i, a in enumerate(zs) for b in zs[i + 1:])   # a fresh z each
     assert loss_v.shape == loss_t.shape == () and torch.isfinite(loss_v) and torch.isfinite(loss_t)
     assert all(p.requires_grad for p in [*trainer.netG.parameters(), *trainer.netD.parameters()])
 
@@ -182,19 +215,20 @@ def run_cli(*flags):
 def test_cli_1d_run_writes_samples_metrics_and_plots(tmp_path):
     out = tmp_path / "outlier"
     result = run_cli("--exp", "outlier", "--target_name", "outlier", "--regularize", "--num_data", "300",
-                     "--epochs", "3", "--save_every", "2", "--hidden", "16", "--savepath", str(out))
+                     "--batch_size", "128", "--epochs", "3", "--save_every", "2", "--hidden", "16",
+                     "--savepath", str(out))
     assert result.returncode == 0, result.stderr
-    samples = np.load(out / "samples.npz")
+    samples = np.load(out / "samples_3.npz")
     assert sorted(samples.files) == ["generated", "source", "target"]
     assert all(samples[k].shape == (300, 1) and samples[k].dtype == np.float32 for k in samples.files)
     history = json.loads((out / "metrics.json").read_text())
-    assert [h["epoch"] for h in history] == [2, 3] and history[-1]["iteration"] == 3 * 2  # ceil(300 / 256) = 2 iterations per epoch
+    assert [h["epoch"] for h in history] == [2, 3] and history[-1]["iteration"] == 3 * 2  # floor(300 / 128) = 2 a epoch
     assert {"knn_kl", "w1", "outlier_fraction", "energy_distance"} <= set(history[-1])
     options = json.loads((out / "options.json").read_text())
     assert options["nz"] == 1 and options["target_name"] == "outlier"
-    for name in ("joint_epoch0002.png", "density_epoch0003.png", "checkpoint.pt"):
+    for name in ("samples_2.npz", "joint_2.png", "density_3.png", "checkpoint.pt"):
         assert (out / name).stat().st_size > 0
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob(".tmp-*"))
     # the options rebuild the networks of the checkpoint
     checkpoint = torch.load(out / "checkpoint.pt")
     args = train_toy.parse_args(["--target_name", "outlier"])
@@ -202,14 +236,13 @@ def test_cli_1d_run_writes_samples_metrics_and_plots(tmp_path):
     ToyGenerator(args.data_dim, args.nz, args.hidden, args.num_blocks).load_state_dict(checkpoint["netG"])
 
 
-def test_cli_2d_run(tmp_path):
-    out = tmp_path / "grid"
-    result = run_cli("--exp", "gaussian", "--data_dim", "2", "--target_name", "25gaussian", "--num_data", "200",
-                     "--epochs", "2", "--hidden", "16", "--savepath", str(out))
+def test_cli_2d_gaussian_run_draws_its_scatter(tmp_path):
+    out = tmp_path / "gaussian"
+    result = run_cli("--exp", "gaussian", "--data_dim", "2", "--target_name", "gaussian", "--num_data", "200",
+                     "--batch_size", "100", "--epochs", "2", "--hidden", "16", "--savepath", str(out))
     assert result.returncode == 0, result.stderr
-    assert np.load(out / "samples.npz")["generated"].shape == (200, 2)
-    assert "mode_coverage" in json.loads((out / "metrics.json").read_text())[-1]
-    assert (out / "scatter_epoch0002.png").stat().st_size > 0
+    assert np.load(out / "samples_2.npz")["generated"].shape == (200, 2)
+    assert (out / "scatter_2.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("flags, flag", [
@@ -217,7 +250,8 @@ def test_cli_2d_run(tmp_path):
     (["--tau", "-1"], "--tau"),
     (["--p", "2"], "--p"),
     (["--epochs", "0"], "--epochs"),
-    (["--source_name", "moons"], "--source_name"),
+    (["--source_name", "moons"], "--source_name"),   # the S-JKO 2-D toys are train.py's
+    (["--num_data", "100"], "--num_data"),            # less than one batch of 256
     (["--data_dim", "2"], "--target_name"),
 ])
 def test_bad_flags_exit_2_with_one_line_naming_the_flag(flags, flag, capsys, tmp_path):

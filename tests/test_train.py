@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from uot.ema import make_ema, update_ema
+from uot.ema import frozen_copy, update_ema
 from uot.io import load_checkpoint
 from uot.schedule import jko_phases, phase_at
 from tiny import ROOT, TINY_IMAGE, TINY_TOY, read_jsonl, run, run_dir, torchrun
@@ -21,7 +21,7 @@ from tiny import ROOT, TINY_IMAGE, TINY_TOY, read_jsonl, run, run_dir, torchrun
 def test_ema_is_the_closed_form_lerp():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    ema = make_ema(model)
+    ema = frozen_copy(model)
     decay, history = 0.9, [p.detach().clone() for p in model.parameters()]
     expected = [p.clone() for p in history]
     for _ in range(5):

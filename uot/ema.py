@@ -1,13 +1,17 @@
-"""Exponential moving average of the generator: a separate frozen copy, updated with lerp."""
+"""Frozen copies of a network: the generator's EMA and the JKO reference map.
+
+`frozen_copy` makes a separate copy in eval mode with no gradients; `update_ema` moves an
+EMA copy towards the live network with one foreach lerp.
+"""
 import copy
 
 import torch
 
 
-def make_ema(model):
-    ema = copy.deepcopy(model).eval()
-    ema.requires_grad_(False)
-    return ema
+def frozen_copy(model):
+    frozen = copy.deepcopy(model).eval()
+    frozen.requires_grad_(False)
+    return frozen
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ number identical to "save PNGs, then run pytorch-fid on the folder".
 Everything here is distributed-aware: under torchrun each rank generates (or reads)
 its share and the features are all-gathered, so every rank ends with all of them.
 """
-import hashlib
 import os
 import socket
 import urllib.error
@@ -24,8 +23,6 @@ from tqdm import tqdm
 import pytorch_fid.inception
 from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
 
-from datasets_prep import build_image_dataset
-from datasets_prep.image_io import list_image_files
 from uot import dist as udist
 from uot.errors import UsageError
 from uot.io import atomic_savez
@@ -147,9 +144,9 @@ def _save_pngs(images, directory, first_index):
 
 
 @torch.no_grad()
-def generator_features(G, num_samples, batch_size, image_shape, nz, device, seed=0,
+def generator_features(G, num_samples, batch_size, source_shape, nz, device, seed=0,
                        inception=None, save_dir=None):
-    """Inception features (num_samples, 2048) of G(x, z), x ~ N(0, I) of `image_shape`, z ~ N(0, I).
+    """Inception features (num_samples, 2048) of G(x, z), x ~ N(0, I) of `source_shape`, z ~ N(0, I).
 
     Under torchrun each rank draws its share from its own seed; every rank returns all
     num_samples features. `save_dir`: also write the samples there as PNGs.
@@ -165,7 +162,7 @@ def generator_features(G, num_samples, batch_size, image_shape, nz, device, seed
     def sample_batches():
         for start in range(0, count, batch_size):
             b = min(batch_size, count - start)
-            x = torch.randn((b, *image_shape), generator=noise, device=device)
+            x = torch.randn((b, *source_shape), generator=noise, device=device)
             z = torch.randn((b, nz), generator=noise, device=device)
             images = quantize_to_uint8(G(x, z).float())
             if save_dir is not None:
@@ -239,6 +236,7 @@ def precision_recall(real_features, fake_features, k=3, chunk=1000, device="cpu"
 
 
 # ----------------------------------------------------------------------------- reference data
+# (which images make a reference set is datasets_prep.reference's business)
 
 def dataset_features(dataset, inception, batch_size, device, num_workers=0, desc="reference"):
     """Inception features of every image of a dataset yielding (uint8 CxHxW, label); all ranks get all."""
@@ -249,36 +247,6 @@ def dataset_features(dataset, inception, batch_size, device, num_workers=0, desc
     features = inception_features(inception, (images for images, _ in loader), device,
                                   total=count, desc=desc)
     return gather_rows(features)
-
-
-def is_image_folder(source):
-    """--ref_dir/--compute_stats take a folder of images or a dataset name of the project."""
-    return os.path.isdir(source)
-
-
-def reference_dataset(source, image_size, datadir=None):
-    """The images behind reference statistics, as (uint8 C x image_size x image_size, label):
-    a folder (resized and center-cropped as --dataset imagefolder trains on it), or a
-    dataset's training split."""
-    if is_image_folder(source):
-        return build_image_dataset("imagefolder", source, image_size)
-    return build_image_dataset(source, datadir, image_size, split="train")
-
-
-def reference_stats_path(source, image_size, stats_dir):
-    """Cache file for the statistics of `source` at `image_size`.
-
-    A dataset: <name>_train_<size>.npz (its full training split, the published
-    convention). A folder: <name>_<hash of its path>_<size>_<number of images>.npz, so
-    adding images or moving elsewhere gives a new file.
-    """
-    if not is_image_folder(source):
-        return os.path.join(stats_dir, f"{source}_train_{image_size}.npz")
-    folder = os.path.abspath(source)
-    tag = hashlib.sha1(folder.encode()).hexdigest()[:8]
-    num_images = len(list_image_files(folder))
-    name = os.path.basename(folder.rstrip(os.sep)) or "root"
-    return os.path.join(stats_dir, f"{name}_{tag}_{image_size}_{num_images}.npz")
 
 
 def save_stats(path, mu, sigma, num_images):
@@ -305,7 +273,7 @@ def load_stats(path):
 
 
 @torch.no_grad()
-def compute_fid(G, image_shape, nz, num_samples, ref_stats, device, batch_size=500, seed=0,
+def compute_fid(G, source_shape, nz, num_samples, ref_stats, device, batch_size=500, seed=0,
                 inception=None):
     """FID of `num_samples` samples of G against reference statistics (npz path or (mu, sigma)).
 
@@ -314,7 +282,7 @@ def compute_fid(G, image_shape, nz, num_samples, ref_stats, device, batch_size=5
     """
     mu_ref, sigma_ref = load_stats(ref_stats) if isinstance(ref_stats, (str, os.PathLike)) \
         else ref_stats
-    features = generator_features(G, num_samples, batch_size, image_shape, nz, device,
+    features = generator_features(G, num_samples, batch_size, source_shape, nz, device,
                                   seed=seed, inception=inception)
     value = [frechet_distance(*statistics(features), mu_ref, sigma_ref)
              if udist.rank() == 0 else None]

@@ -1,7 +1,8 @@
 """Sample-based metrics for the toy experiments (train_toy.py, train.py's 2-D S-JKO runs).
 
-Every function takes two sample sets as (n, d) arrays or tensors (1-D arrays are read
-as n points in one dimension) and returns a Python float.
+Every function takes sample sets as (n, d) arrays or tensors (1-D arrays are read as n
+points in one dimension) and returns a Python float. What a target's modes are is the
+caller's to say (datasets_prep.toy knows them): the functions take them as arguments.
 """
 import math
 
@@ -9,8 +10,6 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 from scipy.stats import wasserstein_distance
-
-from datasets_prep.toy import TOY_MODES
 
 
 def _points(samples):
@@ -57,12 +56,12 @@ def outlier_fraction(samples, outlier_mode=-1.0, main_mode=1.0):
     return float(np.mean(to_outlier < to_main))
 
 
-def mode_coverage(samples, means, std, min_fraction=0.01, radius_std=3.0):
+def mode_coverage(samples, means, std, min_fraction=0.01, radius_std=3.0, radius=None):
     """Fraction of the modes that hold at least `min_fraction` of the samples within
-    `radius_std` standard deviations (Euclidean distance) of their mean."""
+    `radius_std` standard deviations (or within `radius`, when given) of their mean."""
     x, means = _points(samples), _points(means)
     distances = np.linalg.norm(x[:, None, :] - means[None, :, :], axis=2)  # (n, K)
-    share = np.mean(distances <= radius_std * std, axis=0)
+    share = np.mean(distances <= (radius if radius is not None else radius_std * std), axis=0)
     return float(np.mean(share >= min_fraction))
 
 
@@ -87,20 +86,20 @@ def energy_distance(a, b, max_points=5000, seed=0):
     return math.sqrt(max(squared, 0.0))
 
 
-def toy_metrics(generated, target, name, k=5):
-    """The metrics that apply to target `name`: a dict of floats.
+def toy_metrics(generated, target, modes=None, outlier=None, k=5):
+    """The metrics that apply: a dict of floats.
 
     knn_kl (KL(generated || target)) and energy_distance always; w1 in 1-D;
-    outlier_fraction (generated points nearer -1 than +1) for the outlier target;
-    mode_coverage for the targets of datasets_prep.toy.TOY_MODES.
+    mode_coverage when `modes` = (means (K, d), std) is given; outlier_fraction (generated
+    points nearer the outlier mode than the main one) when `outlier` = (outlier_mode,
+    main_mode) is given.
     """
     generated, target = _points(generated), _points(target)
     metrics = {"knn_kl": knn_kl(generated, target, k=k), "energy_distance": energy_distance(generated, target)}
     if generated.shape[1] == 1:
         metrics["w1"] = w1_1d(generated, target)
-    if name == "outlier":
-        metrics["outlier_fraction"] = outlier_fraction(generated)
-    if name in TOY_MODES:
-        means, std = TOY_MODES[name]
-        metrics["mode_coverage"] = mode_coverage(generated, means, std)
+    if outlier is not None:
+        metrics["outlier_fraction"] = outlier_fraction(generated, *outlier)
+    if modes is not None:
+        metrics["mode_coverage"] = mode_coverage(generated, *modes)
     return metrics

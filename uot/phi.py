@@ -68,6 +68,11 @@ def select_phi(name):
                          f"or register your own with utils.register_phi") from None
 
 
+def is_linear(phi):
+    """True for the identity Psi* (also when wrapped in ScaledPhi: alpha * (s / alpha) = s)."""
+    return phi is linear or (isinstance(phi, ScaledPhi) and is_linear(phi.phi))
+
+
 class ScaledPhi:
     """g(s) = alpha * Psi*(s / alpha): the S-JKO loss scheduler's reshaping of Psi*.
 

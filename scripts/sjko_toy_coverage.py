@@ -1,0 +1,90 @@
+"""Mode coverage of 2-D S-JKO runs over training: this project's runs and the public code's,
+side by side, with one rule applied to both.
+
+    python scripts/sjko_toy_coverage.py --dataset 25gaussian \
+        --ours train_logs/25gaussian/sjko_kl_seed1024 ... --public PUBLIC/train_logs/25gaussian/... \
+        [--json assets/sjko_25gaussian_coverage.json]
+
+A run of this project holds samples_<n>.npz per save (train.py, 4000 generated points from
+fixed noise); a run of the public S-JKO code (Jae-Moo/Scalable-JKO train.py) holds
+iter_<n>.npz per save (4800 generated points). A mode is covered when at least 1% of the
+samples lie within `--radius` of its mean; the table also gives the strict rule of
+train.py's metrics.json (3 standard deviations: 0.21 on 25gaussian) and, for 25gaussian,
+the 16 outer modes (the border of the grid) under the first rule.
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+
+import numpy as np
+
+from datasets_prep.toy import TOY_MODES
+from uot.io import atomic_write_json
+from uot.metrics import mode_coverage
+
+
+def saves(run_dir):
+    """{iterations: generated points (n, 2)} of one run, ours or the public code's."""
+    out = {}
+    for path in glob.glob(os.path.join(run_dir, "samples_*.npz")):
+        out[int(re.findall(r"samples_(\d+)\.npz$", path)[0])] = np.load(path)["generated"]
+    for path in glob.glob(os.path.join(run_dir, "iter_*.npz")):   # np.savez of a dict: a pickled object
+        record = np.load(path, allow_pickle=True)["arr_0"].item()
+        out[int(re.findall(r"iter_(\d+)\.npz$", path)[0])] = np.asarray(record["fake"])
+    if not out:
+        raise SystemExit(f"{run_dir}: no samples_<n>.npz or iter_<n>.npz")
+    return out
+
+
+def coverage(points, dataset, radius):
+    means, std = TOY_MODES[dataset]
+    modes = len(means)
+    record = dict(modes=round(mode_coverage(points, means, std, radius=radius) * modes),
+                  modes_3std=round(mode_coverage(points, means, std) * modes))
+    if dataset == "25gaussian":
+        outer = means[means.abs().amax(1) == 6]
+        record["outer"] = round(mode_coverage(points, outer, std, radius=radius) * len(outer))
+    return record
+
+
+def summary(values):
+    return f"{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="25gaussian", choices=sorted(TOY_MODES))
+    p.add_argument("--ours", nargs="+", default=[], help="run directories of train.py")
+    p.add_argument("--public", nargs="+", default=[], help="run directories of the public S-JKO code")
+    p.add_argument("--radius", type=float, default=0.5)
+    p.add_argument("--json", help="also write every number here")
+    a = p.parse_args(argv)
+    runs = {("ours", d): saves(d) for d in a.ours}
+    runs.update({("public", d): saves(d) for d in a.public})
+    steps = sorted(set.intersection(*(set(s) for s in runs.values())))
+    table = {f"{code} {os.path.basename(os.path.normpath(d))}": {step: coverage(s[step], a.dataset, a.radius)
+                                                                   for step in steps}
+             for (code, d), s in runs.items()}
+    total = len(TOY_MODES[a.dataset][0])
+    print(f"{a.dataset}: modes covered (of {total}; >= 1% of the samples within {a.radius} of the mean), per run")
+    print("| iterations | " + " | ".join(table) + " | ours, mean +- sd | public, mean +- sd |")
+    print("|---" * (len(table) + 3) + "|")
+    for step in steps:
+        cells = [f"{table[run][step]['modes']}" for run in table]
+        means = [summary([table[run][step]["modes"] for run in table if run.startswith(code)] or [0])
+                 for code in ("ours", "public")]
+        print(f"| {step} | " + " | ".join(cells) + f" | {means[0]} | {means[1]} |")
+    last = steps[-1]
+    print(f"\nat {last} iterations: modes within 3 std (the metrics.json rule) and outer modes (of 16)")
+    for run, by_step in table.items():
+        print(f"  {run}: {by_step[last]['modes_3std']} within 3 std" +
+              (f", {by_step[last]['outer']} outer" if "outer" in by_step[last] else ""))
+    if a.json:
+        atomic_write_json(a.json, dict(dataset=a.dataset, radius=a.radius, runs=table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""The papers' claims on real images, at CPU scale: a multi-seed study on scikit-learn's
+8x8 handwritten digits, in one command.
+
+    python scripts/study_digits.py [--out train_logs/study_digits] [--seeds 3] [--jobs 2]
+        [--rows NAME ...] [--epochs N]
+
+Every row of ROWS is trained `--seeds` times by train.py (seeds 0, 1, ...), `--jobs` runs at
+a time with one torch thread each. A run that finished is never run again: its record in
+runs.jsonl is kept, so a second invocation skips it and a half-finished study continues
+(a run killed midway continues from its content.pth with --resume auto). Outputs in --out:
+
+  runs.jsonl      one record per run: the row, the seed, the flags, the exit code (3: the
+                  run diverged), the wall time, and the digits measures
+                  (datasets_prep.digits_eval: digits_fd, classes_covered, class_entropy,
+                  outlier_fraction on digits+outliers) at every save
+  results.md      per row, mean +- std over the seeds: the final measures, digits_fd over
+                  training, divergences, wall time
+  samples.png     the final samples of every row's first seed
+  curves.png      digits_fd over training per row, the mean over seeds
+  runs/           the train.py run directories
+
+digits_fd is a Frechet distance on the features of a small digit classifier, not FID.
+"""
+import argparse
+import concurrent.futures
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+from uot.io import RecordLog, atomic_write_text
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The common settings of every run: a small NCSN++ and potential on the digits at their own
+# 8 px, batch 64, the published optimiser, R1 and cost settings otherwise, an EMA of decay
+# 0.999 evaluated at every save. EPOCHS epochs of 28 iterations, a save every SAVE_EVERY.
+EPOCHS, SAVE_EVERY = 60, 10
+ITERS_PER_EPOCH = 1797 // 64
+COMMON = ("--dataset digits --image_size 8 --num_channels_dae 16 --ch_mult 1 2 --num_res_blocks 1 "
+          "--attn_resolutions 4 --n_mlp 2 --z_emb_dim 64 --nz 16 --ngf 16 --batch_size 64 "
+          "--use_ema --ema_decay 0.999 --log_every 100")
+
+
+def uotm(flags=""):
+    return f"--num_epoch {{epochs}} --schedule {{epochs}} --save_image_every {{save_every}} {flags}"
+
+
+def sjko(flags):
+    """10 JKO steps over the same number of iterations as the UOTM rows. h = 8 makes the JKO
+    cost's weight 1 / (2 d h) with d = 64 pixels about UOTM's tau = 1e-3."""
+    return ("--num_phase 10 --init_h 8 --h 8 --init_num_iterations {phase_iters} --num_iterations {phase_iters} "
+            "--lr_scheduler --save_image_every {save_iters} " + flags)
+
+
+# (row name, group, what it tests, train.py flags)
+ROWS = [
+    ("uotm_kl", "Psi*", "UOTM (kl, kl): the default", uotm("--phi1 kl --phi2 kl")),
+    ("uotm_softplus", "Psi*", "UOTM (softplus, softplus)", uotm("--phi1 softplus --phi2 softplus")),
+    ("uotm_chi", "Psi*", "UOTM (chi, chi)", uotm("--phi1 chi --phi2 chi")),
+    ("otm", "OT vs UOT", "OTM: balanced OT (linear, linear)", uotm("--phi1 linear --phi2 linear")),
+    ("source_fixed", "OT vs UOT", "source-fixed UOTM (linear, kl)", uotm("--phi1 linear --phi2 kl")),
+    ("sjko", "S-JKO", "S-JKO (kl), K = 10", sjko("--phi2 kl")),
+    ("sjko_jsd", "S-JKO", "S-JKO-JSD, K = 10", sjko("")),
+    ("gan", "GAN", "non-saturating GAN, same networks and R1", uotm("--loss gan")),
+    ("uotm_kl_no_ema", "EMA", "UOTM (kl, kl) without EMA", uotm("--phi1 kl --phi2 kl --no_use_ema")),
+    ("gan_no_ema", "EMA", "GAN without EMA", uotm("--loss gan --no_use_ema")),
+    ("uotm_kl_per_sample", "pairing", "UOTM (kl, kl), per-sample potential loss (the paper's)",
+     uotm("--phi1 kl --phi2 kl --potential_pairing per_sample")),
+    ("uotm_kl_all_pairs", "pairing", "UOTM (kl, kl), all-pairs potential loss (the public code's)",
+     uotm("--phi1 kl --phi2 kl --potential_pairing all_pairs")),
+    ("tau_1e-4", "tau", "UOTM (kl, kl), tau 1e-4 (10x below)", uotm("--phi1 kl --phi2 kl --tau 1e-4")),
+    ("tau_5e-4", "tau", "UOTM (kl, kl), tau 5e-4", uotm("--phi1 kl --phi2 kl --tau 5e-4")),
+    ("tau_2e-3", "tau", "UOTM (kl, kl), tau 2e-3", uotm("--phi1 kl --phi2 kl --tau 2e-3")),
+    ("tau_5e-3", "tau", "UOTM (kl, kl), tau 5e-3 (5x above)", uotm("--phi1 kl --phi2 kl --tau 5e-3")),
+    ("outliers_uotm", "outliers", "UOTM (kl, kl) on digits + 1% inverted digits",
+     uotm("--phi1 kl --phi2 kl --dataset digits+outliers")),
+    ("outliers_otm", "outliers", "OTM on digits + 1% inverted digits",
+     uotm("--phi1 linear --phi2 linear --dataset digits+outliers")),
+    ("outliers_gan", "outliers", "GAN on digits + 1% inverted digits", uotm("--loss gan --dataset digits+outliers")),
+]
+
+
+def run_flags(row_flags, epochs, seed, out):
+    iters = epochs * ITERS_PER_EPOCH
+    flags = row_flags.format(epochs=epochs, save_every=SAVE_EVERY, phase_iters=iters // 10,
+                             save_iters=SAVE_EVERY * ITERS_PER_EPOCH)
+    return shlex.split(COMMON) + shlex.split(flags) + ["--seed", str(seed), "--outdir", out, "--device", "cpu",
+                                                       "--save_ckpt_every", "100000", "--resume", "auto"]
+
+
+def train_one(name, flags, seed, out):
+    """One train.py run in its own process, one thread; returns its record."""
+    exp = f"{name}_seed{seed}"
+    argv = flags + ["--exp", exp]
+    dataset = argv[max(i for i, flag in enumerate(argv) if flag == "--dataset") + 1]   # the last one wins
+    run_dir = os.path.join(out, dataset, exp)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    start = time.time()
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "stdout.txt"), "w") as log:
+        code = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + argv, cwd=ROOT, env=env,
+                              stdout=log, stderr=subprocess.STDOUT).returncode
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    saves = json.load(open(metrics_path)) if os.path.exists(metrics_path) else []
+    return dict(row=name, seed=seed, exit_code=code, diverged=code == 3, seconds=round(time.time() - start, 1),
+                flags=shlex.join(flags), run_dir=os.path.relpath(run_dir, out), saves=saves)
+
+
+def mean_sd(values, fmt="{:.1f}"):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} +- {fmt.format(statistics.stdev(values))}"
+
+
+def final(record, key):
+    """The measure at the last save of a run that did not diverge."""
+    if record["diverged"] or not record["saves"] or key not in record["saves"][-1]:
+        return None
+    return record["saves"][-1][key]
+
+
+def results_table(records, rows):
+    lines = ["| row | what | digits_fd (final) | classes covered | class entropy | outliers | digits_fd over "
+             "training (mean over seeds, per save) | diverged | seconds |", "|---" * 9 + "|"]
+    for name, group, what, _ in rows:
+        runs = [r for r in records if r["row"] == name]
+        if not runs:
+            continue
+        ok = [r for r in runs if not r["diverged"]]
+        curve = []
+        for i in range(max((len(r["saves"]) for r in ok), default=0)):
+            values = [r["saves"][i]["digits_fd"] for r in ok if len(r["saves"]) > i]
+            curve.append(f"{statistics.mean(values):.0f}")
+        outliers = mean_sd([final(r, "outlier_fraction") for r in runs], "{:.3f}") \
+            if any("outlier_fraction" in (r["saves"] or [{}])[-1] for r in ok) else ""
+        lines.append(f"| {name} | {what} | {mean_sd([final(r, 'digits_fd') for r in runs])} | "
+                     f"{mean_sd([final(r, 'classes_covered') for r in runs])} | "
+                     f"{mean_sd([final(r, 'class_entropy') for r in runs], '{:.3f}')} | {outliers} | "
+                     f"{' '.join(curve)} | {sum(r['diverged'] for r in runs)}/{len(runs)} | "
+                     f"{mean_sd([r['seconds'] for r in runs], '{:.0f}')} |")
+    return "\n".join(lines)
+
+
+def figures(records, rows, out):
+    """samples.png: the last sample grid of each row's first seed; curves.png: digits_fd per save."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    from uot.plots import save_figure
+
+    shown = [(name, what) for name, _, what, _ in rows if any(r["row"] == name for r in records)]
+    cols = 5
+    fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(2.6 * cols, 2.9 * -(-len(shown) // cols)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, what) in zip(axes.flat, shown):
+        first = min((r for r in records if r["row"] == name), key=lambda r: r["seed"])
+        grids = [f for f in os.listdir(os.path.join(out, first["run_dir"])) if f.startswith("samples_")]
+        if grids:
+            last = max(grids, key=lambda f: int(f[len("samples_"):-len(".png")]))
+            ax.imshow(mpimg.imread(os.path.join(out, first["run_dir"], last)), cmap="gray")
+        ax.set_title(f"{name}\nseed {first['seed']}" + (" (diverged)" if first["diverged"] else ""), fontsize=8)
+    save_figure(fig, os.path.join(out, "samples.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, group, _, _ in rows:
+        ok = [r for r in records if r["row"] == name and not r["diverged"] and r["saves"]]
+        if not ok:
+            continue
+        steps = [s["step"] for s in ok[0]["saves"]]
+        curve = [statistics.mean(r["saves"][i]["digits_fd"] for r in ok if len(r["saves"]) > i)
+                 for i in range(len(steps))]
+        ax = axes[0] if group in ("Psi*", "OT vs UOT", "S-JKO", "GAN") else axes[1]
+        ax.plot(steps, curve, marker="o", ms=3, label=name)
+    for ax in axes:
+        ax.set(xlabel="iteration", ylabel="digits_fd (mean over seeds)", yscale="log")
+        ax.legend(fontsize=7)
+    save_figure(fig, os.path.join(out, "curves.png"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.path.join("train_logs", "study_digits"))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
+    p.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    a = p.parse_args(argv)
+    rows = [row for row in ROWS if a.rows is None or row[0] in a.rows]
+    unknown = set(a.rows or []) - {row[0] for row in ROWS}
+    if unknown:
+        p.error(f"--rows: unknown {', '.join(sorted(unknown))}; choose from {', '.join(r[0] for r in ROWS)}")
+    os.makedirs(a.out, exist_ok=True)
+    log = RecordLog(os.path.join(a.out, "runs.jsonl"))   # rewritten atomically at every append
+    records = log.records
+    done = {(r["row"], r["seed"]) for r in records}
+    todo = [(name, flags, seed) for seed in range(a.seeds) for name, _, _, flags in rows if (name, seed) not in done]
+    print(f"{len(done)} runs done, {len(todo)} to run, {a.jobs} at a time", flush=True)
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+        futures = [pool.submit(train_one, name, run_flags(flags, a.epochs, seed, os.path.join(a.out, "runs")),
+                               seed, os.path.join(a.out, "runs")) for name, flags, seed in todo]
+        for future in concurrent.futures.as_completed(futures):
+            record = future.result()
+            log.append(record)
+            last = final(record, "digits_fd")
+            print(f"[{time.time() - start:6.0f} s] {record['row']} seed {record['seed']}: exit {record['exit_code']}, "
+                  f"digits_fd {'n/a' if last is None else f'{last:.1f}'}, {record['seconds']:.0f} s", flush=True)
+    table = results_table(records, rows)
+    atomic_write_text(os.path.join(a.out, "results.md"), table + "\n")
+    print(table)
+    figures(records, rows, a.out)
+    print(f"wrote {os.path.join(a.out, 'results.md')}, samples.png, curves.png")
+
+
+if __name__ == "__main__":
+    main()
