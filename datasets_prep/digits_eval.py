@@ -122,7 +122,7 @@ def digits_metrics(images, outliers=False):
     nonzero = share[share > 0]
     metrics = dict(digits_fd=frechet_distance(*statistics(feats), mu_real, sigma_real),
                    classes_covered=int((share >= MIN_CLASS_SHARE).sum()),
-                   class_entropy=float(-(nonzero * nonzero.log()).sum() / math.log(10)))
+                   class_entropy=float(-(nonzero * nonzero.log()).sum() / math.log(10)) + 0.0)  # no -0.0
     if outliers:
         metrics["outlier_fraction"] = outlier_fraction(images)
     return metrics
