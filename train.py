@@ -11,6 +11,7 @@ S-JKO code's defaults, a run counted in iterations, c = ||y - y_ref||^2 / (2 d h
 Otherwise the UOTM mode: the public UOTM code's defaults, epochs, c = tau ||x - y||^2.
 README.md states the rules; docs/runs.md lists what a run writes.
 """
+import uot.cpu  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import argparse
 import json
 import math

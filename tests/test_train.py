@@ -182,3 +182,18 @@ def test_fid_every_logs_the_fid_of_the_ema_generator(tmp_path, torch_home, monke
 def test_ema_default_follows_each_papers_code(flags, expected):
     args = train.resolve_args(train.build_parser().parse_args(shlex.split(flags)), 1)
     assert args.use_ema is expected
+
+
+@pytest.mark.parametrize("script, argv", [("train.py", ["--dry_run", "--device", "cpu"]),
+                                          ("train_toy.py", ["--help"])])
+def test_the_scripts_make_waiting_openmp_threads_sleep_unless_told_otherwise(script, argv):
+    """OMP_WAIT_POLICY=PASSIVE reaches OpenMP (it must be set before torch loads); a user's value wins."""
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = dict(os.environ, OMP_DISPLAY_ENV="TRUE")   # libgomp prints its settings when torch loads it
+        env.pop("OMP_WAIT_POLICY", None)
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, script)] + argv, cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"OMP_WAIT_POLICY = '{expected}'" in proc.stderr
