@@ -14,7 +14,6 @@ README.md states the rules; docs/runs.md lists what a run writes.
 import uot.cpu  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -299,7 +298,8 @@ def enter_phase(run, phase, log):
         reference = run.initial_reference
     else:
         reference = lambda x: state.G_ref(x, torch.randn(x.shape[0], args.nz, device=x.device))  # noqa: E731
-    cost_scale = jko_cost_scale(phase.h, math.prod(run.source_shape)) if args.sjko else image_cost_scale(args.tau)
+    data_dim = args.image_size if args.toy else args.num_channels * args.image_size ** 2   # d of c = |y - y_ref|^2 / (2dh)
+    cost_scale = jko_cost_scale(phase.h, data_dim) if args.sjko else image_cost_scale(args.tau)
     noise = data_noise_std(phase.index) if args.sjko and not args.no_data_noise else 0.0
     log(f"phase {phase.index}: steps {phase.start}-{phase.end}, cost scale {cost_scale:.3g}, "
         f"reference {'T_' + str(phase.index - 1) if state.G_ref is not None else 'the source'}")

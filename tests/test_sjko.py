@@ -194,15 +194,18 @@ def test_short_8gaussian_run_covers_more_modes(tmp_path):
 # --- the small model of the S-JKO tables (--model_name otm) -----------------------------
 
 def test_the_small_model_trains_from_its_8x8_source_against_the_upsampled_reference(tmp_path, monkeypatch):
-    calls = spy(monkeypatch, "map_step", lambda G, D, opt, loss, x, z, y_ref, *rest: (x.clone(), y_ref.clone()))
+    calls = spy(monkeypatch, "map_step",
+                lambda G, D, opt, loss, x, z, y_ref, cost_scale, *rest: (x.clone(), y_ref.clone(), cost_scale))
     flags = ("--dataset digits --image_size 16 --model_name otm --ngf 8 --batch_size 16 --phi2 kl --num_phase 2 "
              "--init_num_iterations 2 --num_iterations 1 --log_every 1")
     assert run(flags, tmp_path) == 0
     assert len(calls) == 3
-    for x, y_ref in calls[:2]:   # phase 0: the source (1 x 8 x 8 for the grey digits), upsampled
+    # the JKO cost is measured between images: d = 1 x 16 x 16, not the 64 numbers of the source
+    assert all(scale == pytest.approx(1 / (2 * 256 * 1.0)) for _, _, scale in calls)
+    for x, y_ref, _ in calls[:2]:   # phase 0: the source (1 x 8 x 8 for the grey digits), upsampled
         assert x.shape == (16, 1, 8, 8)
         torch.testing.assert_close(y_ref, torch.nn.functional.interpolate(x, size=(16, 16), mode="bicubic"))
-    x, y_ref = calls[2]          # phase 1: T_0(x) instead
+    x, y_ref, _ = calls[2]          # phase 1: T_0(x) instead
     assert y_ref.shape == (16, 1, 16, 16)
     assert not torch.allclose(y_ref, torch.nn.functional.interpolate(x, size=(16, 16), mode="bicubic"))
     assert (tmp_path / "digits" / "t" / "samples_3.png").exists()
