@@ -241,6 +241,7 @@ class Run:
     batch: int                 # per rank
     source_shape: tuple
     initial_reference: object  # the phase-0 reference map: x -> y_ref
+    inception: object = None   # the FID network of --fid_every, loaded at the first evaluation
 
 
 @dataclass
@@ -453,7 +454,7 @@ def evaluate_fid(run, run_dir, n, log):
     """FID of the evaluation generator on --fid_samples samples (all ranks draw their share)."""
     from uot.fid import compute_fid, load_inception
     args = run.args
-    if not hasattr(run, "inception"):   # loaded once per run
+    if run.inception is None:
         run.inception = load_inception(args.inception_weights, run.device)
     fid = compute_fid(run.state.G_eval, run.source_shape, args.nz, args.fid_samples, args.fid_ref_stats,
                       run.device, seed=args.seed, inception=run.inception)
