@@ -31,7 +31,7 @@ from score_sde.toy import ToyGenerator, ToyPotential
 from uot.cli import ArgumentParser, check_non_negative, check_phi, check_positive
 from uot.errors import UsageError, exit_on_usage_error
 from uot.io import RecordLog, atomic_torch_save, atomic_write_json
-from uot.losses import SemiDualLoss, quadratic_cost, source_gradient_penalty, toy_cost_scale
+from uot.losses import PAIRINGS, SemiDualLoss, quadratic_cost, source_gradient_penalty, toy_cost_scale
 from uot.samples import save_toy_samples
 from utils import PHI
 
@@ -49,6 +49,9 @@ def parse_args(argv=None):
     add("--phi1", default="kl", help=f"Psi1* (source marginal): {', '.join(PHI)}; linear/linear is OTM")
     add("--phi2", default="kl", help="Psi2* (target marginal), same choices")
     add("--tau", type=float, default=0.1, help="cost c = 0.5 tau ||x - y||^2 (outlier 0.1, mixture 0.02)")
+    add("--potential_pairing", choices=PAIRINGS, default="per_sample",
+        help="Psi1*(v - c) per sample (the paper's), or over all pairs of the batch, as the public toy script's "
+             "(B, 1) potential minus a (B,) cost computes it")
     add("--regularize", action="store_true", help="add lmbda ||grad_x v(T(x, z))||^2 to the potential loss")
     add("--lmbda", type=float, default=0.01, help="weight of the --regularize term")
     add("--epochs", type=int, default=1000)
@@ -136,7 +139,7 @@ class ToyTrainer:
         # fused: one kernel per step instead of a dozen small ops per parameter
         self.optG = torch.optim.Adam(self.netG.parameters(), lr=args.lr, fused=True)
         self.optD = torch.optim.Adam(self.netD.parameters(), lr=args.lr, fused=True)
-        self.loss = SemiDualLoss(args.phi1, args.phi2)
+        self.loss = SemiDualLoss(args.phi1, args.phi2, args.potential_pairing)
         self.cost_scale = toy_cost_scale(args.tau)
         self.lmbda = args.lmbda if args.regularize else 0.0
 
@@ -175,7 +178,7 @@ class ToyTrainer:
             with torch.no_grad():
                 y_fake = self.netG(x, z)
         v_fake, v_real = self.netD(y_fake), self.netD(y_real)
-        # (B, d) against (B, d): a (B, 1, 1) source would silently broadcast the loss to (B, B, 1)
+        # (B, d) against (B, d), (B,) potentials: the pairing is the loss's choice, not a broadcast's
         assert y_fake.shape == x.shape == y_real.shape and v_fake.shape == v_real.shape == x.shape[:1]
         cost = quadratic_cost(x.detach(), y_fake.detach(), self.cost_scale)
         loss = self.loss.potential(v_fake, v_real, cost)

@@ -59,7 +59,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def check_image_size(cfg):
     """UsageError unless the NCSN++ generator and its potential can both halve --image_size enough."""
     gen_factor = 2 ** (len(cfg.ch_mult) - 1)
-    pot_factor = 2 ** (3 if cfg.image_size <= 64 else 6)
+    pot_factor = 2 ** (3 if cfg.image_size <= 32 else 4 if cfg.image_size <= 64 else 6)
     need = math.lcm(gen_factor, pot_factor)
     if cfg.image_size < need or cfg.image_size % need:
         raise UsageError(
@@ -124,8 +124,9 @@ def build_potential(cfg) -> nn.Module:
     if cfg.model_name == "ncsnpp":
         from .potentials import LargePotential, SmallPotential
         check_image_size(cfg)
-        potential = SmallPotential if cfg.image_size <= 64 else LargePotential
-        return potential(cfg.num_channels, cfg.ngf, tuple(cfg.fir_kernel))
+        if cfg.image_size <= 32:   # both public codes: CIFAR-10 and MNIST at 32 px
+            return SmallPotential(cfg.num_channels, cfg.ngf, tuple(cfg.fir_kernel))
+        return LargePotential(cfg.num_channels, cfg.ngf, tuple(cfg.fir_kernel), cfg.image_size)
     raise UsageError(f"--model_name {cfg.model_name!r} is not one of {', '.join(MODEL_NAMES)}")
 
 

@@ -64,7 +64,7 @@ class ResidualPotential(nn.Module):
 
 
 class SmallPotential(ResidualPotential):
-    """For images up to 64 px (CIFAR-10: 12.25M parameters at ngf 64); downsamples 3 times."""
+    """For images up to 32 px (CIFAR-10: 12.25M parameters at ngf 64); downsamples 3 times."""
 
     def __init__(self, num_channels=3, ngf=64, fir_kernel=(1, 3, 3, 1)):
         plan = [(2, 2, False), (2, 4, True), (4, 8, True), (8, 8, True)]
@@ -72,8 +72,9 @@ class SmallPotential(ResidualPotential):
 
 
 class LargePotential(ResidualPotential):
-    """For 128-256 px images (CelebA-HQ, LSUN); downsamples 6 times."""
+    """For images above 32 px (CelebA-HQ, LSUN): downsamples 6 times, or 4 times up to 64 px
+    (as the S-JKO code's; the UOTM code has no image size between 32 and 256 px)."""
 
-    def __init__(self, num_channels=3, ngf=64, fir_kernel=(1, 3, 3, 1)):
-        plan = [(2, 4, True), (4, 8, True)] + [(8, 8, True)] * 4
+    def __init__(self, num_channels=3, ngf=64, fir_kernel=(1, 3, 3, 1), image_size=256):
+        plan = [(2, 4, True), (4, 8, True)] + [(8, 8, True)] * (4 if image_size > 64 else 2)
         super().__init__(num_channels, ngf, plan, stem_mult=2, final_init_scale=1.0, fir_kernel=fir_kernel)
