@@ -371,9 +371,19 @@ def training_loop(run, run_dir, log, stop):
         state.step += 1
         step = state.step
 
-        # Statistics every --log_every iterations (rank 0 writes them).
-        if step % args.log_every == 0 or step == total:
+        # The divergence guard, before statistics are logged or anything is saved.
+        log_now = step % args.log_every == 0 or step == total
+        n, at_unit = divmod(step, unit)
+        due = [save for save, every in ((save_checkpoint, args.save_content_every),
+                                        (save_generator, args.save_ckpt_every),
+                                        (save_samples, args.save_image_every),
+                                        (evaluate_fid, args.fid_every))
+               if every and (step == total or (at_unit == 0 and n % every == 0))]
+        if log_now or due:
             checksums = check_finite()
+
+        # Statistics every --log_every iterations (rank 0 writes them).
+        if log_now:
             means, count, seconds = stats.take_means()
             lr_g, lr_d = state.opt_G.param_groups[0]["lr"], state.opt_D.param_groups[0]["lr"]
             record = dict(means, step=step, epoch=step / run.steps_per_epoch, phase=ps.phase.index, lr_g=lr_g,
@@ -383,15 +393,7 @@ def training_loop(run, run_dir, log, stop):
             log.log(" ".join(f"{k} {record[k]:.4g}" for k in ("step", "phase") + StepStats.NAMES + ("images_per_s",)))
         log.advance()
 
-        # Saves, each when its --*_every flag says so, after the divergence guard.
-        n, at_unit = divmod(step, unit)
-        due = [save for save, every in ((save_checkpoint, args.save_content_every),
-                                        (save_generator, args.save_ckpt_every),
-                                        (save_samples, args.save_image_every),
-                                        (evaluate_fid, args.fid_every))
-               if every and (step == total or (at_unit == 0 and n % every == 0))]
-        if due:
-            check_finite()
+        # Saves, each when its --*_every flag says so (counted in epochs or iterations).
         for save in due:
             save(run, run_dir, n, log)
 
