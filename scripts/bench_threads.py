@@ -18,10 +18,9 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-STUDY_FLAGS = ("--dataset digits --image_size 8 --num_channels_dae 16 --ch_mult 1 2 --num_res_blocks 1 "
-               "--attn_resolutions 4 --n_mlp 2 --z_emb_dim 64 --nz 16 --ngf 16 --batch_size 64 --use_ema "
-               "--ema_decay 0.999 --phi1 kl --phi2 kl")
+from study_digits import COMMON   # the networks and batch of the digits study (this folder)
+
+STUDY_FLAGS = COMMON + " --phi1 kl --phi2 kl"
 SCENARIOS = [   # (threads, OMP_WAIT_POLICY or None, beside another job)
     (2, None, False), (2, "PASSIVE", False), (1, None, False),
     (2, None, True), (2, "PASSIVE", True), (1, None, True), (1, "PASSIVE", True),

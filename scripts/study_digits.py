@@ -92,12 +92,12 @@ def run_flags(row_flags, epochs, seed, out):
                                                        "--save_ckpt_every", "100000", "--resume", "auto"]
 
 
-def train_one(name, flags, seed, out):
-    """One train.py run in its own process, one thread; returns its record."""
+def train_one(name, row_flags, seed, epochs, out):
+    """One train.py run in its own process, one thread, under <out>/runs; returns its record."""
     exp = f"{name}_seed{seed}"
-    argv = flags + ["--exp", exp]
+    argv = run_flags(row_flags, epochs, seed, os.path.join(out, "runs")) + ["--exp", exp]
     dataset = argv[max(i for i, flag in enumerate(argv) if flag == "--dataset") + 1]   # the last one wins
-    run_dir = os.path.join(out, dataset, exp)
+    run_dir = os.path.join(out, "runs", dataset, exp)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     start = time.time()
     os.makedirs(run_dir, exist_ok=True)
@@ -107,7 +107,7 @@ def train_one(name, flags, seed, out):
     metrics_path = os.path.join(run_dir, "metrics.json")
     saves = json.load(open(metrics_path)) if os.path.exists(metrics_path) else []
     return dict(row=name, seed=seed, exit_code=code, diverged=code == 3, seconds=round(time.time() - start, 1),
-                flags=shlex.join(flags), run_dir=os.path.relpath(run_dir, out), saves=saves)
+                flags=shlex.join(argv), run_dir=os.path.relpath(run_dir, out), saves=saves)
 
 
 def mean_sd(values, fmt="{:.1f}"):
@@ -208,8 +208,7 @@ def main(argv=None):
     print(f"{len(done)} runs done, {len(todo)} to run, {a.jobs} at a time", flush=True)
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-        futures = [pool.submit(train_one, name, run_flags(flags, a.epochs, seed, os.path.join(a.out, "runs")),
-                               seed, os.path.join(a.out, "runs")) for name, flags, seed in todo]
+        futures = [pool.submit(train_one, name, flags, seed, a.epochs, a.out) for name, flags, seed in todo]
         for future in concurrent.futures.as_completed(futures):
             record = future.result()
             log.append(record)

@@ -1,0 +1,89 @@
+"""The digits measure (datasets_prep.digits_eval) and scripts/study_digits.py on a tiny grid."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datasets_prep import digits_eval
+from tiny import ROOT
+
+
+def test_the_classifier_reads_digits():
+    net, real_stats = digits_eval.load_classifier()
+    images, labels = digits_eval.real_digits()
+    with torch.no_grad():
+        accuracy = (net(images).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.97   # 98.9% on the 360 held-out digits when trained (docs/results.md)
+
+
+def test_the_measure_ranks_real_above_blurred_above_noise_and_sees_missing_classes():
+    images, labels = digits_eval.real_digits()
+    real = digits_eval.digits_metrics(images)
+    assert real["digits_fd"] < 1e-3 and real["classes_covered"] == 10 and real["class_entropy"] > 0.99
+    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    half = digits_eval.digits_metrics(images[: len(images) // 2])["digits_fd"]
+    assert half < 20 < digits_eval.digits_metrics((images + blurred) / 2)["digits_fd"]
+    assert digits_eval.digits_metrics(noise)["digits_fd"] > 200
+    ones = digits_eval.digits_metrics(images[labels == 1])
+    assert ones["classes_covered"] == 1 and ones["class_entropy"] < 0.1 and ones["digits_fd"] > 200
+    # the inverted digits of digits+outliers are outliers; the digits are not
+    assert digits_eval.digits_metrics(images, outliers=True)["outlier_fraction"] == 0.0
+    assert digits_eval.digits_metrics(-images, outliers=True)["outlier_fraction"] == 1.0
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("study_digits", os.path.join(ROOT, "scripts", "study_digits.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_row_of_the_study_is_a_valid_train_py_command(capsys):
+    import train
+    study = load_study()
+    names = [name for name, _, _, _ in study.ROWS]
+    assert len(names) == len(set(names)) >= 18
+    for name, _, _, flags in study.ROWS:
+        argv = study.run_flags(flags, study.EPOCHS, 0, "unused") + ["--exp", name, "--dry_run"]
+        assert train.main(argv) == 0, name
+    out = capsys.readouterr().out
+    assert out.count("G 0.") == len(names)   # every row trains the same small networks
+
+
+def test_the_study_runs_a_tiny_grid_then_continues_it_without_rerunning_anything(tmp_path):
+    study = load_study()
+    common = ["--out", str(tmp_path), "--epochs", "1"]
+    study.main(common + ["--rows", "uotm_kl", "gan", "--seeds", "1"])
+    records = [json.loads(line) for line in open(tmp_path / "runs.jsonl")]
+    assert sorted(r["row"] for r in records) == ["gan", "uotm_kl"]
+    for r in records:
+        assert r["exit_code"] == 0 and not r["diverged"] and r["seconds"] > 0
+        [last] = r["saves"]   # one epoch: one save, at the end
+        assert last["step"] == study.ITERS_PER_EPOCH and {"digits_fd", "classes_covered"} <= set(last)
+    table = (tmp_path / "results.md").read_text()
+    assert "| uotm_kl |" in table and "| gan |" in table and "| 0/1 |" in table   # none diverged
+    assert (tmp_path / "samples.png").stat().st_size > 0 and (tmp_path / "curves.png").stat().st_size > 0
+    # a second seed: only that run is new; the first three stay as they were
+    study.main(common + ["--rows", "uotm_kl", "--seeds", "2"])
+    again = [json.loads(line) for line in open(tmp_path / "runs.jsonl")]
+    assert again[:2] == records and sorted((r["row"], r["seed"]) for r in again[2:]) == [("uotm_kl", 1)]
+
+
+@pytest.mark.parametrize("share, covered", [([1.0] + [0.0] * 9, 1), ([0.1] * 10, 10), ([0.5, 0.49, 0.01] + [0] * 7, 2)])
+def test_class_coverage_counts_classes_with_two_percent(share, covered, monkeypatch):
+    # digits_metrics on fake logits: the predicted classes come in the given shares
+    counts = [round(s * 1000) for s in share]
+    classes = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    net, stats = digits_eval.load_classifier()
+
+    class Fixed(torch.nn.Module):
+        def forward(self, features):
+            return F.one_hot(classes, 10).float()
+
+    monkeypatch.setitem(digits_eval._loaded, "net", torch.nn.Sequential(*net[:-1], Fixed()))
+    images = digits_eval.real_digits()[0][: len(classes)]
+    assert digits_eval.digits_metrics(images)["classes_covered"] == covered
