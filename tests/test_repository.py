@@ -8,6 +8,7 @@ from tiny import ROOT
 # Written in pieces so that this file does not match its own patterns.
 OUTSIDE = [
     re.escape(".." + "/shared"),                          # a folder beside the clone
+    r"""['"]\.\.['"],\s*['"]""" + "shared",                # ... also when joined with os.path.join
     r"(?<![\w.~$/-])/(?:" + "work|home|root|Users|mnt" + r")/[\w.-]+",   # absolute paths of a machine
     r"\b[A-Z]:\\" + "Users",
 ]
@@ -42,7 +43,8 @@ def test_no_tracked_file_refers_outside_the_repository():
 
 def test_the_pattern_catches_what_it_should():
     pattern = re.compile("|".join(OUTSIDE))
-    for text in ["open('../" "shared/seeds')", "--outdir /" "work/main/train_logs", "/" "home/me/data",
+    for text in ["open('../" "shared/seeds')", 'os.path.join(ROOT, "..", "sha' 'red", "seeds")',
+                 "--outdir /" "work/main/train_logs", "/" "home/me/data",
                  "C:\\" "Users\\me"]:
         assert pattern.search(text), text
     for text in ["--datadir data/cifar10", "https://github.com/Jae-Moo/UOTM", "$HOME/.cache/uotm",
