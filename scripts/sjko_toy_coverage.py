@@ -3,14 +3,16 @@ side by side, with one rule applied to both.
 
     python scripts/sjko_toy_coverage.py --dataset 25gaussian \
         --ours train_logs/25gaussian/sjko_kl_seed1024 ... --public PUBLIC/train_logs/25gaussian/... \
-        [--json assets/sjko_25gaussian_coverage.json]
+        [--json assets/sjko_25gaussian_coverage.json] [--figure assets/sjko_25gaussian_parity.png]
 
 A run of this project holds samples_<n>.npz per save (train.py, 4000 generated points from
 fixed noise); a run of the public S-JKO code (Jae-Moo/Scalable-JKO train.py) holds
 iter_<n>.npz per save (4800 generated points). A mode is covered when at least 1% of the
 samples lie within `--radius` of its mean; the table also gives the strict rule of
 train.py's metrics.json (3 standard deviations: 0.21 on 25gaussian) and, for 25gaussian,
-the 16 outer modes (the border of the grid) under the first rule.
+the 16 outer modes (the border of the grid) under the first rule. The figure shows the
+coverage over training (every run, and each code's mean) and the last samples of the first
+run of each code.
 """
 import argparse
 import glob
@@ -50,6 +52,35 @@ def coverage(points, dataset, radius):
     return record
 
 
+def figure(table, runs, steps, dataset, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from datasets_prep.toy import sample_toy
+    from uot.plots import draw_scatter_2d, save_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    for code, color in (("ours", "tab:blue"), ("public", "tab:orange")):
+        names = [run for run in table if run.startswith(code)]
+        for run in names:
+            axes[0].plot(steps, [table[run][s]["modes"] for s in steps], color=color, alpha=0.35, lw=1)
+        if names:
+            mean = [statistics.mean(table[run][s]["modes"] for run in names) for s in steps]
+            axes[0].plot(steps, mean, color=color, lw=2.5, marker="o", label=f"{code} (mean of {len(names)})")
+    axes[0].set(xlabel="iteration", ylabel=f"modes covered (of {len(TOY_MODES[dataset][0])})",
+                title="mode coverage: every run, and the mean")
+    axes[0].legend()
+    target = sample_toy(dataset, 4000, dim=2, generator=torch.Generator().manual_seed(0)).numpy()
+    for ax, code in zip(axes[1:], ("ours", "public")):
+        first = next(((c, d) for c, d in runs if c == code), None)
+        if first is not None:
+            draw_scatter_2d(ax, target, runs[first][steps[-1]],
+                            f"{code}: {os.path.basename(os.path.normpath(first[1]))}, {steps[-1]} iterations")
+    save_figure(fig, path)
+
+
 def summary(values):
     return f"{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]}"
 
@@ -61,6 +92,7 @@ def main(argv=None):
     p.add_argument("--public", nargs="+", default=[], help="run directories of the public S-JKO code")
     p.add_argument("--radius", type=float, default=0.5)
     p.add_argument("--json", help="also write every number here")
+    p.add_argument("--figure", help="also draw the coverage curves and the last samples here")
     a = p.parse_args(argv)
     runs = {("ours", d): saves(d) for d in a.ours}
     runs.update({("public", d): saves(d) for d in a.public})
@@ -84,6 +116,8 @@ def main(argv=None):
               (f", {by_step[last]['outer']} outer" if "outer" in by_step[last] else ""))
     if a.json:
         atomic_write_json(a.json, dict(dataset=a.dataset, radius=a.radius, runs=table))
+    if a.figure:
+        figure(table, runs, steps, a.dataset, a.figure)
 
 
 if __name__ == "__main__":
