@@ -11,7 +11,6 @@ S-JKO code's defaults, a run counted in iterations, c = ||y - y_ref||^2 / (2 d h
 Otherwise the UOTM mode: the public UOTM code's defaults, epochs, c = tau ||x - y||^2.
 README.md states the rules; docs/runs.md lists what a run writes.
 """
-import uot.cpu  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import argparse
 import json
 import os
@@ -147,6 +146,9 @@ def add_output_args(p):
     out.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
     out.add_argument("--channels_last", action="store_true")
     out.add_argument("--compile", action="store_true", help="torch.compile G and D (R1 passes stay eager)")
+    out.add_argument("--num_threads", type=int, default=None,
+                     help="torch CPU threads (default on the CPU: $OMP_NUM_THREADS if set, else 1, the fastest for "
+                          "the small models trained on CPUs and robust beside other jobs; docs/performance.md)")
     out.add_argument("--num_workers", type=int, default=4, help="DataLoader workers for large datasets")
     out.add_argument("--data_on_device", choices=["auto", "on", "off"], default="auto",
                      help="hold the dataset on the device as uint8 (auto: the small datasets)")
@@ -178,6 +180,8 @@ def resolve_args(args, world):
     check_phi(args, "phi1", "phi2")
     check_positive(args, "tau", "lr_g", "lr_d", "batch_size", "num_epoch", "log_every", "r1_every", "ema_decay",
                    "save_image_every", "save_content_every", "save_ckpt_every", "image_size")
+    if args.num_threads is not None:
+        check_positive(args, "num_threads")
     if args.sjko:
         check_positive(args, "h", "init_h", "num_phase", "init_num_iterations", "num_iterations")
     check_non_negative(args, "lmbda", "fid_every", *(["r1_gamma"] if args.reg_name == "r1" else []))
@@ -557,6 +561,12 @@ def run_training(argv, stop):
 
     rank, world, local_rank = udist.init_distributed(device_kind, args.dist_timeout)
     device = torch.device(device_kind, local_rank) if device_kind == "cuda" else torch.device("cpu")
+    # On the CPU, one thread unless told otherwise: several threads on the small networks trained
+    # on CPUs gain nothing alone and lose 4x beside one other job (docs/performance.md)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    threads = args.num_threads or (int(omp) if omp.isdigit() else 0) or (1 if device.type == "cpu" else 0)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -570,7 +580,7 @@ def run_training(argv, stop):
             load_rng_state_dict(resume, run.device, fallback_seed=args.seed + 7919 * run.state.step)
             del resume
         with RunLog(run_dir, run.phases[-1].end, run.state.step, args.exp) as log:
-            log.log(f"run {run_dir}: world {world}, device {device}\n{describe(args, run.state.G, run.state.D)}")
+            log.log(f"run {run_dir}: world {world}, device {device}, {torch.get_num_threads()} torch thread(s)\n{describe(args, run.state.G, run.state.D)}")
             try:
                 return training_loop(run, run_dir, log, stop)
             except Diverged as err:

@@ -18,7 +18,6 @@ Outputs in --savepath: options.json, checkpoint.pt (networks), metrics.json (one
 save), and per saved epoch samples_<epoch>.npz (source, target, generated, all (n, d),
 generated[i] = T(source[i], z_i) on a fixed evaluation sample) with its plots.
 """
-import uot.cpu  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
 import json
 import os
 import time
