@@ -10,7 +10,8 @@ fixed noise); a run of the public S-JKO code (Jae-Moo/Scalable-JKO train.py) hol
 iter_<n>.npz per save (4800 generated points). A mode is covered when at least 1% of the
 samples lie within `--radius` of its mean; the table also gives the strict rule of
 train.py's metrics.json (3 standard deviations: 0.21 on 25gaussian) and, for 25gaussian,
-the 16 outer modes (the border of the grid) under the first rule. The figure shows the
+the 16 outer modes (the border of the grid) under the first rule. Runs may hold different
+numbers of saves (one still going): each row averages the runs that reached it. The figure shows the
 coverage over training (every run, and each code's mean) and the last samples of the first
 run of each code.
 """
@@ -65,10 +66,13 @@ def figure(table, runs, steps, dataset, path):
     for code, color in (("ours", "tab:blue"), ("public", "tab:orange")):
         names = [run for run in table if run.startswith(code)]
         for run in names:
-            axes[0].plot(steps, [table[run][s]["modes"] for s in steps], color=color, alpha=0.35, lw=1)
+            own = sorted(table[run])
+            axes[0].plot(own, [table[run][s]["modes"] for s in own], color=color, alpha=0.35, lw=1)
         if names:
-            mean = [statistics.mean(table[run][s]["modes"] for run in names) for s in steps]
-            axes[0].plot(steps, mean, color=color, lw=2.5, marker="o", label=f"{code} (mean of {len(names)})")
+            reached = [s for s in steps if any(s in table[run] for run in names)]
+            mean = [statistics.mean(table[run][s]["modes"] for run in names if s in table[run]) for s in reached]
+            axes[0].plot(reached, mean, color=color, lw=2.5, marker="o",
+                         label=f"{code} (mean of the {len(names)} runs that reached each save)")
     axes[0].set(xlabel="iteration", ylabel=f"modes covered (of {len(TOY_MODES[dataset][0])})",
                 title="mode coverage: every run, and the mean")
     axes[0].legend()
@@ -76,8 +80,9 @@ def figure(table, runs, steps, dataset, path):
     for ax, code in zip(axes[1:], ("ours", "public")):
         first = next(((c, d) for c, d in runs if c == code), None)
         if first is not None:
-            draw_scatter_2d(ax, target, runs[first][steps[-1]],
-                            f"{code}: {os.path.basename(os.path.normpath(first[1]))}, {steps[-1]} iterations")
+            last = max(runs[first])
+            draw_scatter_2d(ax, target, runs[first][last],
+                            f"{code}: {os.path.basename(os.path.normpath(first[1]))}, {last} iterations")
     save_figure(fig, path)
 
 
@@ -96,23 +101,24 @@ def main(argv=None):
     a = p.parse_args(argv)
     runs = {("ours", d): saves(d) for d in a.ours}
     runs.update({("public", d): saves(d) for d in a.public})
-    steps = sorted(set.intersection(*(set(s) for s in runs.values())))
+    steps = sorted(set.union(*(set(s) for s in runs.values())))   # a run still going has fewer saves
     table = {f"{code} {os.path.basename(os.path.normpath(d))}": {step: coverage(s[step], a.dataset, a.radius)
-                                                                   for step in steps}
+                                                                   for step in sorted(s)}
              for (code, d), s in runs.items()}
     total = len(TOY_MODES[a.dataset][0])
     print(f"{a.dataset}: modes covered (of {total}; >= 1% of the samples within {a.radius} of the mean), per run")
     print("| iterations | " + " | ".join(table) + " | ours, mean +- sd | public, mean +- sd |")
     print("|---" * (len(table) + 3) + "|")
     for step in steps:
-        cells = [f"{table[run][step]['modes']}" for run in table]
-        means = [summary([table[run][step]["modes"] for run in table if run.startswith(code)] or [0])
+        cells = [f"{table[run][step]['modes']}" if step in table[run] else "" for run in table]
+        means = [[table[run][step]["modes"] for run in table if run.startswith(code) and step in table[run]]
                  for code in ("ours", "public")]
-        print(f"| {step} | " + " | ".join(cells) + f" | {means[0]} | {means[1]} |")
-    last = steps[-1]
-    print(f"\nat {last} iterations: modes within 3 std (the metrics.json rule) and outer modes (of 16)")
+        print(f"| {step} | " + " | ".join(cells) + " | " +
+              " | ".join(f"{summary(m)} (n={len(m)})" if m else "" for m in means) + " |")
+    print("\nat each run's last save: modes within 3 std (the metrics.json rule) and outer modes (of 16)")
     for run, by_step in table.items():
-        print(f"  {run}: {by_step[last]['modes_3std']} within 3 std" +
+        last = max(by_step)
+        print(f"  {run}, {last} iterations: {by_step[last]['modes_3std']} within 3 std" +
               (f", {by_step[last]['outer']} outer" if "outer" in by_step[last] else ""))
     if a.json:
         atomic_write_json(a.json, dict(dataset=a.dataset, radius=a.radius, runs=table))
