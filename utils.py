@@ -4,6 +4,8 @@ The UOTM README tells users to look here for `select_phi`; everything it needs l
 in `uot/` and is re-exported from this file. train.py and train_toy.py take their Psi*
 from here, so a Psi* registered at the bottom of this file is a valid --phi1/--phi2.
 """
+import torch  # noqa: F401  (the register_phi lines below are written with torch)
+
 from uot.errors import UsageError  # noqa: F401
 from uot.losses import (  # noqa: F401
     GANLoss,

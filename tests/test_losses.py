@@ -1,5 +1,7 @@
 """The semi-dual math against hand-computed values."""
 import math
+import os
+import re
 
 import pytest
 import torch
@@ -8,6 +10,8 @@ from uot.errors import UsageError
 from uot.losses import (GANLoss, JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale, quadratic_cost,
                         r1_penalty, source_gradient_penalty, toy_cost_scale)
 from uot.phi import PHI, ScaledPhi, register_phi, select_phi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 S = torch.tensor([-3.0, -2.0, -0.5, 0.0, 0.7, 2.0], dtype=torch.float64)
 
@@ -182,16 +186,28 @@ def test_source_gradient_penalty_through_the_map():
     assert ga.item() == pytest.approx(16 * 1.5 ** 3 * 2.5)
 
 
-def test_a_psi_registered_in_utils_reaches_both_training_scripts():
-    # a register_phi line at the bottom of utils.py (where the UOTM README sends users) reaches every CLI
+def test_the_readme_register_phi_line_works_verbatim_at_the_bottom_of_utils(tmp_path):
+    """The README's example line, appended as written to utils.py (where the UOTM README sends
+    users), gives a Psi* that both training scripts accept and that trains: utils.py must
+    provide what the line uses (torch)."""
     import train
     import train_toy
-    import utils
-    utils.register_phi("softplus_sq", lambda s: torch.nn.functional.softplus(s) ** 2)
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        [line] = re.findall(r"`(register_phi\(.*?\))`", f.read())
+    utils_path = os.path.join(ROOT, "utils.py")
+    with open(utils_path, encoding="utf-8") as f:
+        source = f.read()
+    assert line in source   # the comment in utils.py shows the same line
+    namespace = {"__name__": "utils_with_the_line", "__file__": utils_path}
+    exec(compile(source + "\n" + line + "\n", utils_path, "exec"), namespace)
     try:
-        args = train.resolve_args(train.build_parser().parse_args(["--phi1", "softplus_sq", "--phi2", "kl"]), 1)
-        assert args.phi1 == "softplus_sq"
+        s = torch.tensor([-2.0, 0.0, 3.0])
+        torch.testing.assert_close(select_phi("softplus_sq")(s), torch.log1p(torch.exp(s)) ** 2)
         train_toy.validate(train_toy.parse_args(["--target_name", "q", "--phi2", "softplus_sq", "--device", "cpu"]))
+        flags = ["--dataset", "8gaussian", "--image_size", "2", "--model_name", "toy", "--nz", "2", "--batch_size", "8",
+                 "--num_phase", "1", "--init_num_iterations", "2", "--phi1", "softplus_sq", "--phi2", "softplus_sq",
+                 "--outdir", str(tmp_path), "--device", "cpu"]
+        assert train.main(flags) == 0
     finally:
         PHI.pop("softplus_sq")
     with pytest.raises(UsageError, match="--phi1: unknown Psi. 'softplus_sq'"):
