@@ -91,14 +91,31 @@ def test_frechet_distance_commuting_covariances():
     assert value == pytest.approx(expected, rel=1e-8)
 
 
-def test_frechet_distance_singular_product_takes_the_eps_retry(capsys):
+def test_frechet_distance_singular_product_takes_the_eps_retry(capsys, monkeypatch):
+    """Whether scipy's sqrtm breaks on a singular product depends on the LAPACK build (some
+    return non-finite values, others a finite root). Both paths must give the right distance:
+    the build's own, and the retry, forced by a sqrtm that fails as the breaking builds do."""
     u, v = np.array([-1.0, -1.0, -1.0]), np.array([2.0, 2.0, -1.0])
     sigma1, sigma2 = np.outer(u, u), np.outer(v, v)  # rank one each
-    assert not np.isfinite(linalg.sqrtm(sigma1 @ sigma2)).all()  # the plain sqrtm breaks here
     # sigma1 sigma2 = (u.v) u v^T has one eigenvalue (u.v)^2, so Tr sqrt = |u.v| = 3
     expected = u @ u + v @ v - 2 * abs(u @ v)
     assert fid.frechet_distance(np.zeros(3), sigma1, np.zeros(3), sigma2) == pytest.approx(expected, abs=1e-2)
+    capsys.readouterr()
+
+    calls, real_sqrtm = [], linalg.sqrtm
+
+    def sqrtm_breaking_on_singular(a):
+        calls.append(a.copy())
+        if np.linalg.matrix_rank(a) < len(a):
+            return np.full_like(a, np.nan)
+        return real_sqrtm(a)
+
+    monkeypatch.setattr(fid.linalg, "sqrtm", sqrtm_breaking_on_singular)
+    value = fid.frechet_distance(np.zeros(3), sigma1, np.zeros(3), sigma2, eps=1e-6)
+    assert value == pytest.approx(expected, abs=1e-2)
     assert "singular product" in capsys.readouterr().out
+    assert len(calls) == 2   # the retry: the product of the covariances with eps added to their diagonals
+    np.testing.assert_allclose(calls[1], (sigma1 + 1e-6 * np.eye(3)) @ (sigma2 + 1e-6 * np.eye(3)))
 
 
 def test_fid_of_features_against_themselves_is_zero_and_grows_with_noise():
