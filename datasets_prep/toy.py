@@ -12,18 +12,29 @@ any dimension:
     noise     N(0, I)
     gaussian  N(m, I) with m = (0, ..., 0, 10): 10 on the last coordinate, so (0, 10)
               in 2-D as published and N(10, 1) in 1-D
-2-D (S-JKO toys; the last three are scaled to the same extent, about [-8, 8]^2):
-    25gaussian    means on {-6, -3, 0, 3, 6}^2, covariance 0.005 I
-    8gaussian     8 means on the circle of radius 12, covariance 0.4 I
-    twocircles    radii 4 and 8 (half the points on each), isotropic noise of std 0.2
-    checkerboard  uniform on the 8 dark cells of a 4 x 4 board covering [-8, 8]^2
-    spiral        two interleaved arms of radius up to 8 (angle up to 3 pi), noise std 0.2
-    moons         the two half-moons of radius 1 (scikit-learn layout) scaled by 4 and
-                  centred, noise std 0.4
+2-D (the S-JKO toys, as its public dataset.py samples them):
+    25gaussian      means on {-6, -3, 0, 3, 6}^2, covariance 0.005 I
+    8gaussian       8 means on the circle of radius 12, covariance 0.4 I
+    8gaussian-half  the first 4 of those means (angles 0, 45, 90 and 135 degrees)
+    twocircles      radii 4 and 8 around the origin (half the points on each), noise std 0.2
+    threecircles    radius 4 around (-8, 0), (0, 0) and (8, 0), noise std 0.1
+    checkerboard    uniform on the 8 dark cells of a 4 x 4 board covering [-2 pi/3, 2 pi/3]^2
+                    (the cells (i, j) with i + j odd, counting from the lower left)
+    spiral          one arm: angle a = 3 pi sqrt(u) - pi/2 (u uniform), radius a + pi (from
+                    pi/2 to 7 pi/2), noise std 0.25
+    moon            two arcs of radius 10, t in [0, pi]: 10 (cos t + 1/2, 1/5 - sin t) and
+                    10 (cos t - 1/2, sin t - 1/5), noise std 0.5
+2-D translations (train.py; TOY_TRANSLATIONS): moon2spiral and spiral2moon, whose data is
+the second toy and whose source, in place of N(0, I), the first.
+
+The public threecircles gives 2 noise levels for its 3 circles, so its sampler fails an
+assertion; the 0.1 it gives is used for all three. The public moon puts its t on an even grid
+of each arc's n/2 points; so does `moon` here (with the odd point on the first arc).
 
 Mixtures are stratified: each component gets round(n * weight) points (largest
-remainders first, so the counts add up to n), as in the public code, and the points
-are then shuffled. The outlier target with n = 4000, p = 0.01 thus holds exactly 40
+remainders first, so the counts add up to n), as in the public code (which draws the
+checkerboard's cells at random instead: the same distribution), and the points are then
+shuffled. The outlier target with n = 4000, p = 0.01 thus holds exactly 40
 outliers, and every 2-D mixture has equal counts per mode.
 """
 import math
@@ -36,11 +47,19 @@ from uot.errors import UsageError
 TOY_DIMS = {
     "noise": None, "gaussian": None,
     "outlier": 1, "p": 1, "q": 1,
-    "25gaussian": 2, "8gaussian": 2, "twocircles": 2, "checkerboard": 2, "spiral": 2, "moons": 2,
+    "25gaussian": 2, "8gaussian": 2, "8gaussian-half": 2, "twocircles": 2, "threecircles": 2,
+    "checkerboard": 2, "spiral": 2, "moon": 2,
 }
 TOY_NAMES = tuple(TOY_DIMS)
 TOYS_2D = tuple(name for name, dim in TOY_DIMS.items() if dim == 2)
 TOYS_UOTM = tuple(name for name in TOY_DIMS if name not in TOYS_2D)
+# translation dataset -> (source toy, target toy)
+TOY_TRANSLATIONS = {"moon2spiral": ("moon", "spiral"), "spiral2moon": ("spiral", "moon")}
+
+
+def data_toy(dataset):
+    """The toy a train.py 2-D dataset's data is drawn from: itself, or a translation's target."""
+    return TOY_TRANSLATIONS[dataset][1] if dataset in TOY_TRANSLATIONS else dataset
 
 
 def _grid_means():
@@ -60,6 +79,14 @@ def _circle_means(k, radius):
 TOY_MODES = {
     "25gaussian": (_grid_means(), math.sqrt(0.005)),
     "8gaussian": (_circle_means(8, 12.0), math.sqrt(0.4)),
+    "8gaussian-half": (_circle_means(8, 12.0)[:4], math.sqrt(0.4)),
+}
+
+
+# name -> (centres (K, 2), radii (K,), noise std)
+CIRCLES = {
+    "twocircles": (torch.zeros(2, 2), torch.tensor([4.0, 8.0]), 0.2),
+    "threecircles": (torch.tensor([[-8.0, 0.0], [0.0, 0.0], [8.0, 0.0]]), torch.tensor([4.0, 4.0, 4.0]), 0.1),
 }
 
 
@@ -128,31 +155,29 @@ def sample_toy(name, n, dim=1, p=0.01, generator=None, device="cpu"):
         return _gaussian_mixture(n, torch.tensor([[1.0], [-1.0]]), 0.5, [0.5, 0.5], **kw)
     if name == "q":
         return _gaussian_mixture(n, torch.tensor([[2.0], [-1.0]]), 0.5, [2 / 3, 1 / 3], **kw)
-    if name in ("25gaussian", "8gaussian"):
+    if name in TOY_MODES:
         means, std = TOY_MODES[name]
         return _gaussian_mixture(n, means, std, [1 / len(means)] * len(means), **kw)
-    if name == "twocircles":
-        radius = 4.0 + 4.0 * _component_ids(n, [0.5, 0.5], **kw)
+    if name in ("twocircles", "threecircles"):
+        centres, radii, std = CIRCLES[name]
+        ids = _component_ids(n, [1 / len(radii)] * len(radii), **kw)
         angle = 2 * math.pi * _uniform(n, **kw)
-        circle = radius[:, None] * torch.stack([angle.cos(), angle.sin()], 1)
-        return circle + 0.2 * torch.randn(n, 2, **kw)
+        circle = radii.to(device)[ids, None] * torch.stack([angle.cos(), angle.sin()], 1)
+        return centres.to(device)[ids] + circle + std * torch.randn(n, 2, **kw)
     if name == "checkerboard":
-        # dark cells (i, j) of a 4 x 4 board with i + j even, each cell 4 x 4 wide
+        # dark cells (i, j) of a 4 x 4 board with i + j odd, each cell pi/3 wide
         cells = torch.cartesian_prod(torch.arange(4), torch.arange(4))
-        dark = cells[cells.sum(1) % 2 == 0].to(device=device, dtype=torch.float32)
+        dark = cells[cells.sum(1) % 2 == 1].to(device=device, dtype=torch.float32)
         corner = dark[_component_ids(n, [1 / len(dark)] * len(dark), **kw)]
-        return -8.0 + 4.0 * (corner + torch.rand(n, 2, **kw))
+        return (math.pi / 3) * (corner + torch.rand(n, 2, **kw) - 2.0)
     if name == "spiral":
-        # sqrt spreads the points evenly along the arm rather than piling them at the centre
-        angle = 3 * math.pi * _uniform(n, **kw).sqrt()
-        arm = _component_ids(n, [0.5, 0.5], **kw) * math.pi
-        radius = 8.0 * angle / (3 * math.pi)
-        curve = radius[:, None] * torch.stack([(angle + arm).cos(), (angle + arm).sin()], 1)
-        return curve + 0.2 * torch.randn(n, 2, **kw)
-    # moons: upper arc (cos t, sin t), lower arc (1 - cos t, 1/2 - sin t), t in [0, pi]
-    t = math.pi * _uniform(n, **kw)
-    lower = _component_ids(n, [0.5, 0.5], **kw)[:, None].float()
-    upper_arc = torch.stack([t.cos(), t.sin()], 1)
-    lower_arc = torch.tensor([1.0, 0.5], device=device) - upper_arc
-    centred = upper_arc + lower * (lower_arc - upper_arc) - torch.tensor([0.5, 0.25], device=device)
-    return 4.0 * centred + 0.4 * torch.randn(n, 2, **kw)
+        angle = 3 * math.pi * _uniform(n, **kw).sqrt() - math.pi / 2
+        arm = (angle + math.pi)[:, None] * torch.stack([angle.cos(), angle.sin()], 1)
+        return arm + 0.25 * torch.randn(n, 2, **kw)
+    # moon: an even grid of t on each arc, as the public sampler lays its points
+    first, second = stratified_counts(n, [0.5, 0.5])
+    t = torch.cat([torch.linspace(0, math.pi, first, device=device), torch.linspace(0, math.pi, second, device=device)])
+    sign = torch.cat([torch.ones(first, device=device), -torch.ones(second, device=device)])
+    arcs = torch.stack([t.cos() + 0.5 * sign, sign * (0.2 - t.sin())], 1)
+    points = 10.0 * arcs + 0.5 * torch.randn(n, 2, **kw)
+    return points[torch.randperm(n, generator=generator, device=device)]

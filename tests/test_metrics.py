@@ -93,4 +93,4 @@ def test_toy_metrics_reports_what_applies():
     grid = sample_toy("25gaussian", 1000, 2, generator=generator)
     m = toy_metrics(grid, sample_toy("25gaussian", 1000, 2, generator=generator), **metric_args("25gaussian"))
     assert set(m) == {"knn_kl", "energy_distance", "mode_coverage"} and m["mode_coverage"] == 1.0
-    assert set(toy_metrics(grid, grid, **metric_args("moons"))) == {"knn_kl", "energy_distance"}
+    assert set(toy_metrics(grid, grid, **metric_args("moon"))) == {"knn_kl", "energy_distance"}
