@@ -8,7 +8,9 @@ number identical to "save PNGs, then run pytorch-fid on the folder".
 Everything here is distributed-aware: under torchrun each rank generates (or reads)
 its share and the features are all-gathered, so every rank ends with all of them.
 """
+import codecs
 import os
+import pickle
 import socket
 import urllib.error
 from unittest import mock
@@ -255,17 +257,75 @@ def save_stats(path, mu, sigma, num_images):
     atomic_savez(path, mu=mu, sigma=sigma, num_images=num_images)
 
 
+# The public UOTM and S-JKO repositories ship their statistics as `np.save` of a dict
+# {'mu', 'sigma'}: a .npy whose payload is a pickle. Unpickling runs whatever callables a
+# file names, so only what numpy's array reconstruction calls is resolved: the
+# `_reconstruct` helper (under its numpy 1 and numpy 2 module names), the ndarray and dtype
+# classes, and `_codecs.encode`, which protocol-2 pickles use to rebuild bytes.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class _StatsUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a pickled mu/sigma dict never needs")
+        return _PICKLE_GLOBALS[(module, name)]
+
+
+def _read_pickled_stats(path):
+    """(mu, sigma) of a .npy holding a pickled {'mu', 'sigma'} dict, unpickled with _StatsUnpickler."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADER_READERS:
+            raise ValueError(f".npy format version {version} is not one numpy writes for a pickled dict")
+        shape, _, dtype = _NPY_HEADER_READERS[version](f)
+        if not dtype.hasobject or shape != ():
+            raise ValueError(f"it holds a {dtype} array of shape {shape}, not a pickled dict")
+        # latin1: the encoding numpy documents for arrays pickled by Python 2
+        stats = _StatsUnpickler(f, encoding="latin1").load()
+    if isinstance(stats, np.ndarray) and stats.dtype.hasobject and stats.shape == ():
+        stats = stats.item()
+    if not isinstance(stats, dict) or set(stats) != {"mu", "sigma"}:
+        raise ValueError("it is not a dict with exactly the keys mu and sigma")
+    for key, value in stats.items():
+        if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+            raise ValueError(f"its {key} is not a float array")
+    return stats["mu"], stats["sigma"]
+
+
 def load_stats(path):
-    """(mu, sigma) from an npz with keys mu and sigma (pytorch-fid's and TTUR's layout)."""
+    """(mu, sigma) float64 from reference statistics: an npz with arrays mu and sigma
+    (pytorch-fid's and TTUR's layout, and what save_stats writes), or the public repositories'
+    .npy of a pickled {'mu', 'sigma'} dict, read without running anything from the file."""
     if not os.path.isfile(path):
         raise UsageError(f"reference statistics {path} not found: make them with "
                          f"`python test.py --compute_stats DATASET --datadir ROOT`, or pass "
                          f"--ref_dir DATASET_OR_FOLDER")
-    try:
-        with np.load(path) as stats:
-            mu, sigma = stats["mu"].astype(np.float64), stats["sigma"].astype(np.float64)
-    except (KeyError, ValueError, OSError) as err:
-        raise UsageError(f"{path} is not an npz with arrays mu and sigma: {err}") from None
+    with open(path, "rb") as f:
+        is_npy = f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
+    if is_npy:
+        try:
+            mu, sigma = _read_pickled_stats(path)
+        except (pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(f"{path} is not a .npy of a pickled {{'mu', 'sigma'}} dict of float arrays "
+                             f"({reason}); refused without running it") from None
+    else:
+        try:
+            with np.load(path) as stats:
+                mu, sigma = stats["mu"], stats["sigma"]
+        except (KeyError, ValueError, OSError) as err:
+            raise UsageError(f"{path} is not an npz with arrays mu and sigma: {err}") from None
+    mu, sigma = mu.astype(np.float64), sigma.astype(np.float64)
     if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
         raise UsageError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not pool3 "
                          f"statistics ({FEATURE_DIM},) and ({FEATURE_DIM}, {FEATURE_DIM})")
