@@ -8,10 +8,20 @@ import math
 
 import torch.nn as nn
 
+from uot.cli import Refused
 from uot.errors import UsageError
 
-ON_OFF = argparse.BooleanOptionalAction  # --fir keeps it on, --no-fir turns it off
 MODEL_NAMES = ("ncsnpp", "otm", "dcgan", "toy")
+
+
+def add_on_by_default(group, name, feature, help):
+    """A switch that is on by default: --no-NAME turns it off. Both public train.py declare
+    --NAME itself store_false, so a command copied from them that passes --NAME means *off*:
+    here the bare --NAME stops with that meaning instead of silently keeping it on."""
+    group.add_argument(f"--no-{name}", dest=name, action="store_false", help=help)
+    group.add_argument(f"--{name}", action=Refused, reason=(
+        f"in the public UOTM and S-JKO train.py, passing --{name} turns {feature} off (store_false); here it is "
+        f"on by default: write --no-{name} to turn it off, or drop --{name} to keep it on"))
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,21 +34,25 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="image resolution in pixels (default: the dataset's, e.g. 32 for CIFAR-10); "
                         "for the 2-D toys (--model_name toy), the data dimension: 2")
     g.add_argument("--num_channels", type=int, default=3, help="image channels")
-    g.add_argument("--centered", action=ON_OFF, default=True,
-                   help="inputs already in [-1, 1]; --no-centered maps [0, 1] inputs to [-1, 1]")
+    add_on_by_default(g, "centered", "centered inputs (data in [-1, 1])",
+                      "take inputs in [0, 1] and map them to [-1, 1] (on: inputs already in [-1, 1])")
     g.add_argument("--num_channels_dae", type=int, default=128, help="base width of the NCSN++ generator")
     g.add_argument("--n_mlp", type=int, default=4, help="hidden layers of the z mapping network")
     g.add_argument("--ch_mult", nargs="+", type=int, default=[1, 2, 2, 2], help="width multiplier per resolution")
     g.add_argument("--num_res_blocks", type=int, default=2, help="residual blocks per resolution")
     g.add_argument("--attn_resolutions", nargs="*", type=int, default=[16], help="resolutions with self-attention")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout in the residual blocks")
-    g.add_argument("--resamp_with_conv", action=ON_OFF, default=True,
-                   help="learned conv in the up/down layers (used with --resblock_type ddpm)")
-    g.add_argument("--conditional", action=ON_OFF, default=True,
-                   help="condition the generator on z through AdaGN; --no-conditional gives a deterministic T(x)")
-    g.add_argument("--fir", action=ON_OFF, default=True, help="FIR resampling (else nearest / average pooling)")
+    add_on_by_default(g, "resamp_with_conv", "the learned convolutions of the up/down layers",
+                      "no learned conv in the up/down layers (used with --resblock_type ddpm)")
+    g.add_argument("--no-conditional", dest="conditional", action="store_false",
+                   help="no AdaGN conditioning on z: a deterministic T(x)")
+    g.add_argument("--conditional", action=Refused, reason=(
+        "the public UOTM train.py declares it store_false, but its generator never reads it: passing it changes "
+        "nothing there; drop it (here --no-conditional drops the generator's conditioning on z)"))
+    add_on_by_default(g, "fir", "FIR resampling", "nearest / average-pool resampling instead of FIR")
     g.add_argument("--fir_kernel", nargs="+", type=int, default=[1, 3, 3, 1], help="FIR filter taps")
-    g.add_argument("--skip_rescale", action=ON_OFF, default=True, help="divide residual sums by sqrt(2)")
+    add_on_by_default(g, "skip_rescale", "the 1/sqrt(2) rescale of residual sums",
+                      "do not divide residual sums by sqrt(2)")
     g.add_argument("--resblock_type", default="biggan", choices=["biggan", "ddpm"], help="residual block type")
     g.add_argument("--progressive", default="none", choices=["none", "output_skip", "residual"],
                    help="output pyramid of the generator")

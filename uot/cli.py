@@ -13,6 +13,20 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see {self.prog} --help")
 
 
+class Refused(argparse.Action):
+    """A flag of the public code whose meaning there this project does not give it: passing
+    it stops with `reason` (what it meant there, and what to write instead). Hidden from --help;
+    docs/reference.md lists these flags."""
+
+    def __init__(self, option_strings, dest, reason, **kwargs):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.reason = reason
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UsageError(f"{option_string}: {self.reason}")
+
+
 def check_positive(args, *names):
     for name in names:
         if not getattr(args, name) > 0:
