@@ -11,7 +11,8 @@ import torch.nn as nn
 from uot.cli import Refused
 from uot.errors import UsageError
 
-MODEL_NAMES = ("ncsnpp", "otm", "dcgan", "toy")
+MODEL_NAMES = ("ncsnpp", "ddpm", "drunet", "otm", "dcgan", "toy")
+NCSNPP_POTENTIAL = ("ncsnpp", "ddpm", "drunet")   # the maps whose potential is the public residual one
 
 
 def add_on_by_default(group, name, feature, help):
@@ -28,8 +29,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the generator/potential flags of the UOTM CLI with its CIFAR-10 defaults."""
     g = parser.add_argument_group("networks")
     g.add_argument("--model_name", default="ncsnpp", choices=MODEL_NAMES,
-                   help="ncsnpp: NCSN++ map + residual potential; otm: the S-JKO tables' 'Small' pair (a 192-d "
-                        "source for RGB); dcgan: a ~0.4M-parameter pair; toy: MLPs for the 2-D toys")
+                   help="ncsnpp: NCSN++ map + residual potential; ddpm: the same NCSN++ code with DDPM blocks and "
+                        "no FIR (as the public S-JKO code builds it: --fir and --resblock_type are set); drunet: "
+                        "the DRUNet U-Net map (widths ngf x ch_mult, 4 of them) + the residual potential; otm: the "
+                        "S-JKO tables' 'Small' pair (a 192-d source for RGB; the public ResNet pair at 64 px); "
+                        "dcgan: a ~0.4M-parameter pair; toy: MLPs for the 2-D toys")
     g.add_argument("--image_size", type=int, default=None,
                    help="image resolution in pixels (default: the dataset's, e.g. 32 for CIFAR-10); "
                         "for the 2-D toys (--model_name toy), the data dimension: 2")
@@ -108,17 +112,24 @@ def build_generator(cfg) -> nn.Module:
         from .toy import ToyGenerator
         return ToyGenerator(cfg.image_size, cfg.nz)
     if cfg.model_name == "otm":
-        from .otm import OTMGenerator, check_otm_image_size
+        from .otm import RESNET_SIZE, OTMGenerator, ResNetGenerator, check_otm_image_size
         check_otm_image_size(cfg.image_size)
+        if cfg.image_size == RESNET_SIZE:
+            return ResNetGenerator(cfg.num_channels, 4 * cfg.ngf)
         return OTMGenerator(cfg.num_channels, cfg.image_size, cfg.ngf)
     if cfg.model_name == "dcgan":
         from .dcgan import DCGANGenerator, check_dcgan_image_size
         check_dcgan_image_size(cfg.image_size)
         return DCGANGenerator(cfg.num_channels, cfg.nz, cfg.ngf, use_tanh=not cfg.not_use_tanh)
-    if cfg.model_name == "ncsnpp":
+    if cfg.model_name in ("ncsnpp", "ddpm"):
         from .ncsnpp import NCSNpp
         check_image_size(cfg)
-        return NCSNpp(cfg)
+        return NCSNpp(ddpm_form(cfg) if cfg.model_name == "ddpm" else cfg)
+    if cfg.model_name == "drunet":
+        from .drunet import DRUNet, check_drunet_config
+        check_drunet_config(cfg.ch_mult, cfg.image_size)
+        check_image_size(cfg)
+        return DRUNet(cfg.num_channels, [cfg.ngf * m for m in cfg.ch_mult], cfg.num_res_blocks)
     raise UsageError(f"--model_name {cfg.model_name!r} is not one of {', '.join(MODEL_NAMES)}")
 
 
@@ -128,20 +139,27 @@ def build_potential(cfg) -> nn.Module:
         from .toy import ToyPotential
         return ToyPotential(cfg.image_size)
     if cfg.model_name == "otm":
-        from .otm import OTMPotential, check_otm_image_size
+        from .otm import RESNET_SIZE, OTMPotential, ResNetPotential, check_otm_image_size
         check_otm_image_size(cfg.image_size)
+        if cfg.image_size == RESNET_SIZE:
+            return ResNetPotential(cfg.num_channels, 2 * cfg.ngf)
         return OTMPotential(cfg.num_channels, cfg.ngf)
     if cfg.model_name == "dcgan":
         from .dcgan import DCGANPotential, check_dcgan_image_size
         check_dcgan_image_size(cfg.image_size)
         return DCGANPotential(cfg.num_channels, cfg.ngf)
-    if cfg.model_name == "ncsnpp":
+    if cfg.model_name in NCSNPP_POTENTIAL:
         from .potentials import LargePotential, SmallPotential
         check_image_size(cfg)
         if cfg.image_size <= 32:   # both public codes: CIFAR-10 and MNIST at 32 px
             return SmallPotential(cfg.num_channels, cfg.ngf, tuple(cfg.fir_kernel))
         return LargePotential(cfg.num_channels, cfg.ngf, tuple(cfg.fir_kernel), cfg.image_size)
     raise UsageError(f"--model_name {cfg.model_name!r} is not one of {', '.join(MODEL_NAMES)}")
+
+
+def ddpm_form(cfg):
+    """The options of --model_name ddpm: the public S-JKO get_model sets fir off and DDPM blocks."""
+    return argparse.Namespace(**{**vars(cfg), "fir": False, "resblock_type": "ddpm"})
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -51,7 +51,7 @@ import torch
 import train
 import train_toy
 from score_sde import add_model_args, build_generator, build_potential, count_parameters, initial_reference
-from score_sde.otm import OTMGenerator, OTMPotential
+from score_sde.otm import OTMGenerator, OTMPotential, ResNetGenerator, ResNetPotential
 from score_sde.potentials import LargePotential, SmallPotential
 from score_sde.toy import ToyGenerator, ToyPotential
 from uot.losses import JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale, quadratic_cost, \
@@ -470,9 +470,80 @@ def test_otm_parameter_counts():
         COUNTS["sjko_otm_potential_cifar10"] - COUNTS["sjko_otm_potential_projection"]
 
 
+# ------------------------------------------------------------------------------------
+# 4b. S-JKO's other networks (its models.get_model): --model_name ddpm (the NCSN++ code with
+# DDPM blocks, no FIR), --model_name drunet (models/drunet), and the otm pair at 64 px
+# (models/otm/OTM.py ResNet_G / ResNet_D, recorded at widths 4 and 2: our --ngf 1)
+
+SJKO_TINY = {  # the options the recorded public networks were built with
+    "ddpm": ["--model_name", "ddpm", "--image_size", 8, "--num_channels_dae", 4, "--ch_mult", 1, 2,
+             "--num_res_blocks", 1, "--attn_resolutions", 4, "--nz", 4, "--z_emb_dim", 4, "--n_mlp", 1, "--ngf", 2],
+    "drunet": ["--model_name", "drunet", "--image_size", 16, "--ngf", 2, "--ch_mult", 1, 2, 2, 2,
+               "--num_res_blocks", 1],
+}
+OTM64_TINY = ["--model_name", "otm", "--image_size", 64, "--ngf", 1]
+
+
+def sjko_generator_output(name, shift=0.0):
+    rec = golden("sjko_networks.pt")[name]
+
+    def run(dtype):
+        cfg = model_cfg(*SJKO_TINY[name])
+        assert same_options(cfg, rec["options"])
+        G = build_generator(cfg)
+        if name == "ddpm":
+            names = load_public_ncsnpp(G, rec["state_dict"], rec["x"], rec["z"])
+        else:
+            names = load_in_order(G, rec["state_dict"])
+        with torch.no_grad():
+            shift_middle_weight(names, shift)
+            return {"out": G.to(dtype)(rec["x"].to(dtype), rec["z"].to(dtype))}
+    return run, {"out": rec["out"]}
+
+
+@pytest.mark.parametrize("name", list(SJKO_TINY))
+def test_sjko_generators_match_public(name):
+    assert_matches(*sjko_generator_output(name))
+
+
+def otm64_outputs(shift=0.0):
+    rec = golden("sjko_networks.pt")["otm64"]
+
+    def run(dtype):
+        cfg = model_cfg(*OTM64_TINY)
+        G, D = build_generator(cfg), build_potential(cfg)
+        assert isinstance(G, ResNetGenerator) and isinstance(D, ResNetPotential)
+        assert rec["features"] == [4 * cfg.ngf, 2 * cfg.ngf]
+        g_names, d_names = load_in_order(G, rec["G"]["state_dict"]), load_in_order(D, rec["D"]["state_dict"])
+        with torch.no_grad():
+            shift_middle_weight(g_names, shift)
+            shift_middle_weight(d_names, shift)
+            return {"G": G.to(dtype)(rec["x"].to(dtype)), "D": D.to(dtype)(rec["G"]["out"].to(dtype))}
+    return run, {"G": rec["G"]["out"], "D": rec["D"]["out"].flatten()}
+
+
+def test_otm_at_64px_matches_the_public_resnet_pair():
+    assert_matches(*otm64_outputs())
+
+
+def test_sjko_other_networks_parameter_counts():
+    """At the CIFAR-10 defaults (and 64 px for otm), the public counts; ddpm without the
+    time-embedding layers its NCSN++ code builds and never calls."""
+    assert meta_count(build_generator, model_cfg("--model_name", "ddpm", "--image_size", 32)) == \
+        COUNTS["sjko_ddpm_generator_cifar10"] - COUNTS["sjko_ddpm_generator_cifar10_time_embedding"]
+    assert meta_count(build_generator, model_cfg("--model_name", "drunet", "--image_size", 32)) == \
+        COUNTS["sjko_drunet_generator_cifar10"]
+    celeba64 = model_cfg("--model_name", "otm", "--image_size", 64)
+    assert meta_count(build_generator, celeba64) == COUNTS["sjko_otm_generator_64px"]
+    assert meta_count(build_potential, celeba64) == COUNTS["sjko_otm_potential_64px"]
+
+
 SHIFTED_NETWORKS = {"potential_small": lambda: potential_output("small", WEIGHT_SHIFT),
                     "potential_large": lambda: potential_output("large", WEIGHT_SHIFT),
-                    "toy": lambda: toy_outputs(WEIGHT_SHIFT), "otm": lambda: otm_outputs(WEIGHT_SHIFT)}
+                    "toy": lambda: toy_outputs(WEIGHT_SHIFT), "otm": lambda: otm_outputs(WEIGHT_SHIFT),
+                    "ddpm": lambda: sjko_generator_output("ddpm", WEIGHT_SHIFT),
+                    "drunet": lambda: sjko_generator_output("drunet", WEIGHT_SHIFT),
+                    "otm64": lambda: otm64_outputs(WEIGHT_SHIFT)}
 
 
 @pytest.mark.parametrize("network", list(SHIFTED_NETWORKS))

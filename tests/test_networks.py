@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from score_sde import (add_model_args, build_generator, build_potential, count_parameters, initial_reference,
                        source_shape)
 from score_sde.dcgan import DCGANGenerator, DCGANPotential
+from score_sde.drunet import DRUNet
 from score_sde.layers import (FIRDownConv, FIRDownsample, FIRUpConv, FIRUpsample, ResnetBlockBigGAN,
                               ResnetBlockDDPM, fir_kernel_2d, upfirdn2d)
+from score_sde.otm import OTMGenerator, ResNetGenerator, ResNetPotential
 from score_sde.potentials import LargePotential, SmallPotential
 from uot.errors import UsageError
 
@@ -392,3 +394,52 @@ def test_otm_potential_has_an_r1_double_backward():
     (grad,) = torch.autograd.grad(D(y).sum(), y, create_graph=True)
     weight_grads = torch.autograd.grad(grad.square().sum(), list(D.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in weight_grads)
+
+
+def test_otm_at_64px_is_the_public_resnet_pair_and_other_large_sizes_stop():
+    cfg = parse("--model_name", "otm", "--image_size", "64", "--ngf", "2")
+    G, D = build_generator(cfg), build_potential(cfg)
+    assert isinstance(G, ResNetGenerator) and isinstance(D, ResNetPotential)
+    assert source_shape(cfg) == (3, 8, 8)
+    x = torch.randn(4, 3, 8, 8)
+    y = G(x, None)
+    assert y.shape == (4, 3, 64, 64) and y.abs().max() <= 1
+    torch.testing.assert_close(initial_reference(cfg)(x), F.interpolate(x, size=(64, 64), mode="bicubic"))
+    y = y.detach().requires_grad_(True)                  # R1 needs a double backward through the potential
+    (grad,) = torch.autograd.grad(D(y).sum(), y, create_graph=True)
+    assert D(y).shape == (4,) and grad.square().sum().requires_grad
+    for size in ("48", "128"):                           # the public code has no otm networks there
+        with pytest.raises(UsageError, match="--model_name otm .* 64"):
+            build_generator(parse("--model_name", "otm", "--image_size", size))
+    assert isinstance(build_generator(parse("--model_name", "otm", "--image_size", "16", "--ngf", "4")), OTMGenerator)
+
+
+def test_ddpm_is_the_ncsnpp_code_with_ddpm_blocks_and_no_fir():
+    """--model_name ddpm = --resblock_type ddpm --no-fir, whatever those flags say (as the public
+    S-JKO get_model sets them): the same layers, the same output."""
+    torch.manual_seed(0)
+    ddpm = perturb(build_generator(tiny(16, "--model_name", "ddpm")))
+    same = build_generator(tiny(16, "--resblock_type", "ddpm", "--no-fir"))
+    same.load_state_dict(ddpm.state_dict())
+    assert not any(isinstance(m, (ResnetBlockBigGAN, FIRUpsample, FIRDownsample, FIRUpConv, FIRDownConv))
+                   for m in ddpm.modules())
+    x, z = torch.randn(2, 3, 16, 16), torch.randn(2, 6)
+    torch.testing.assert_close(ddpm(x, z), same(x, z), rtol=0, atol=0)
+    assert isinstance(build_potential(tiny(16, "--model_name", "ddpm")), SmallPotential)
+
+
+def test_drunet_map_shapes_flags_and_potential():
+    cfg = parse("--model_name", "drunet", "--image_size", "16", "--ngf", "2")
+    G = build_generator(cfg)
+    assert isinstance(G, DRUNet) and isinstance(build_potential(cfg), SmallPotential)
+    assert [level[-1].out_channels for level in G.down] == [4, 4, 4]     # ngf * ch_mult (1 2 2 2)
+    x = torch.randn(2, 3, 16, 16)
+    y = G(x, torch.randn(2, 100))
+    assert y.shape == x.shape
+    torch.testing.assert_close(G(x, None), y)                            # z is ignored
+    assert isinstance(build_potential(parse("--model_name", "drunet", "--image_size", "64", "--ngf", "2")),
+                      LargePotential)
+    with pytest.raises(UsageError, match="--ch_mult"):
+        build_generator(parse("--model_name", "drunet", "--ch_mult", "1", "2", "2"))
+    with pytest.raises(UsageError, match="multiple of 8"):
+        build_generator(parse("--model_name", "drunet", "--image_size", "12"))
