@@ -115,12 +115,19 @@ def features(net, images):
         return net[:-1](images.clamp(-1, 1))
 
 
+def predicted_classes(images, feats=None):
+    """The classifier's class (argmax) of each image in [-1, 1], (N, 1, H, W); `feats`: their
+    features(), when already computed."""
+    net = load_classifier()[0]
+    with torch.no_grad():
+        return net[-1](features(net, images) if feats is None else feats).argmax(1)
+
+
 def digits_metrics(images, outliers=False):
     """The measures of the module docstring for generated images in [-1, 1], (N, 1, H, W)."""
     net, (mu_real, sigma_real) = load_classifier()
     feats = features(net, images)
-    with torch.no_grad():
-        classes = net[-1](feats).argmax(1)
+    classes = predicted_classes(images, feats)
     share = torch.bincount(classes, minlength=10).double() / len(classes)
     nonzero = share[share > 0]
     metrics = dict(digits_fd=frechet_distance(*statistics(feats), mu_real, sigma_real),

@@ -1,0 +1,96 @@
+"""Unpaired translation datasets: the source of the map is data, not N(0, I).
+
+A dataset named <source>2<target> trains T to carry the source distribution onto the target
+one, with the same losses, cost and reference maps as from noise: the phase-0 reference is the
+identity, so the cost measures each image against its own source sample. Its data (what
+build_image_dataset and ToyStream give under its name) is the target; the source comes from
+here. As in the public S-JKO code, the source of training is the source's training split and
+the source of every evaluation (the saved samples) its test split.
+
+    moon2spiral, spiral2moon  the 2-D toys `moon` and `spiral` (datasets_prep.toy), 2-D
+    emnist2mnist              the datasets `emnist` (EMNIST letters, transposed as EMNIST stores
+                              them, which is what the public code trains on) to `mnist`, both at
+                              32 px
+    digits0-4to5-9            scikit-learn's 8 x 8 digits: those of classes 0-4 to those of 5-9
+                              (the CPU-scale analogue); each side split 4:1 into train and test
+                              by a fixed permutation (DIGITS_SPLIT_SEED)
+"""
+import torch
+
+from datasets_prep.images import TensorImageDataset, _digits, as_uint8_tensor, build_image_dataset
+from datasets_prep.toy import TOY_TRANSLATIONS, sample_toy
+
+IMAGE_TRANSLATIONS = ("emnist2mnist", "digits0-4to5-9")
+TRANSLATIONS = tuple(TOY_TRANSLATIONS) + IMAGE_TRANSLATIONS
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_SHARE = 0.2
+SOURCE_CLASSES, TARGET_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)   # of digits0-4to5-9
+MEASURED = ("digits0-4to5-9",)   # every source test image is mapped and measured at each save
+
+
+def _digit_classes(classes, split, image_size):
+    """The digits of `classes`, in the train (4/5) or test (1/5) part of a fixed permutation."""
+    digits = _digits(image_size)
+    index = torch.nonzero(torch.isin(digits.labels, torch.tensor(classes)))[:, 0]
+    index = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))]
+    num_test = round(DIGITS_TEST_SHARE * len(index))
+    index = index[num_test:] if split == "train" else index[:num_test]
+    return TensorImageDataset(digits.images[index], digits.labels[index])
+
+
+def target_images(name, root, image_size, split="train", download=True):
+    """The target side of the image translation `name` (build_image_dataset gives it for `name`)."""
+    if name == "emnist2mnist":
+        return build_image_dataset("mnist", root, image_size, split, download)
+    return _digit_classes(TARGET_CLASSES, split, image_size)
+
+
+def source_images(name, root, image_size, split="train", download=True):
+    """The source side of the image translation `name`."""
+    if name == "emnist2mnist":
+        return build_image_dataset("emnist", root, image_size, split, download)
+    return _digit_classes(SOURCE_CLASSES, split, image_size)
+
+
+def to_model_input(dataset):
+    """A whole (small) image dataset as float images in [-1, 1], the trainer's scaling."""
+    return as_uint8_tensor(dataset).float() / 127.5 - 1
+
+
+def toy_source(name, n, dim, generator=None, device="cpu"):
+    """n points of the source toy of the 2-D translation `name`."""
+    return sample_toy(TOY_TRANSLATIONS[name][0], n, dim, generator=generator, device=device)
+
+
+def transport_cost(sources, images):
+    """The mean over samples of mean((T(x) - x)^2) over coordinates: the S-JKO cost at h = 1/2."""
+    return float((images.float() - sources.float()).flatten(1).pow(2).mean(1).mean())
+
+
+def translation_metrics(name, sources, images):
+    """What a save records for the translation `name`: its transport cost and, on the digits,
+    measures of the digits classifier (datasets_prep.digits_eval): the share of images it puts
+    in the target classes, the same share among the sources (the level before any transport),
+    and target_fd, the Frechet distance of its features between the images and the target's
+    training digits (the digits_fd formula against the target side only)."""
+    metrics = dict(transport_cost=transport_cost(sources, images))
+    if name == "digits0-4to5-9":
+        from datasets_prep.digits_eval import load_classifier, features, predicted_classes
+        from uot.fid import frechet_distance, statistics
+        target = torch.tensor(TARGET_CLASSES)
+        metrics["target_class_share"] = float(torch.isin(predicted_classes(images), target).float().mean())
+        metrics["source_target_class_share"] = float(torch.isin(predicted_classes(sources), target).float().mean())
+        net = load_classifier()[0]
+        target_digits = to_model_input(target_images(name, None, images.shape[-1]))
+        metrics["target_fd"] = frechet_distance(*statistics(features(net, images)),
+                                                *statistics(features(net, target_digits)))
+    return metrics
+
+
+def beside_sources(sources, images, per_row=8, rows=4):
+    """Tiles for an image grid of `per_row` columns: `rows` rows of sources, each followed by
+    the row of their images."""
+    n = per_row * rows
+    pairs = torch.stack([sources[:n].reshape(rows, per_row, *sources.shape[1:]),
+                         images[:n].reshape(rows, per_row, *images.shape[1:]).to(sources)], 1)
+    return pairs.flatten(0, 2)
