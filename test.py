@@ -39,7 +39,9 @@ def parse_args(argv=None):
     parser.add_argument("--num_samples", type=int, default=50000, help="generated samples (all GPUs)")
     parser.add_argument("--batch_size", type=int, default=500, help="per process, sampling and Inception")
     ref = parser.add_mutually_exclusive_group()
-    ref.add_argument("--ref_stats", metavar="FILE.npz", help="reference statistics (mu, sigma)")
+    ref.add_argument("--ref_stats", metavar="FILE",
+                     help="reference statistics: an npz with mu and sigma, or a public repository's "
+                          "*_stat.npy (a pickled {'mu', 'sigma'} dict, read without running anything from it)")
     ref.add_argument("--ref_dir", metavar="DATASET_OR_FOLDER",
                      help="reference images: a dataset name or an image folder; their statistics are "
                           "cached in --stats_dir (default: the run's dataset)")
@@ -83,20 +85,23 @@ def find_checkpoint(path):
     raise UsageError(f"{path} holds no netG_<epoch>.pth and no content.pth")
 
 
-def generator_state(path):
-    """(state dict, epoch or None): a netG file is the EMA generator; content.pth holds G_ema or G."""
+def generator_state(path, cfg):
+    """(state dict, where the run was). train.py writes two kinds: netG_<n>.pth, the weights of
+    the generator to evaluate (the EMA when the run keeps one) at epoch n (UOTM mode) or
+    iteration n (S-JKO mode); and content.pth, the run state, whose G_ema (G without EMA) is
+    evaluated, at its step."""
     try:
         checkpoint = load_checkpoint(path)
     except Exception as err:
         raise UsageError(f"cannot read checkpoint {path}: {err}") from None
+    if not isinstance(checkpoint, dict):
+        raise UsageError(f"{path} is neither a netG_<n>.pth nor a content.pth of train.py")
+    if "G" in checkpoint and "step" in checkpoint:
+        state = checkpoint["G_ema"] if checkpoint.get("G_ema") is not None else checkpoint["G"]
+        return state, {"step": checkpoint["step"]}
     match = NETG_FILE.fullmatch(os.path.basename(path))
-    epoch = int(match.group(1)) if match else None
-    if "G" in checkpoint:
-        epoch = checkpoint.get("epoch", epoch)
-        checkpoint = checkpoint["G_ema"] if checkpoint.get("G_ema") is not None else checkpoint["G"]
-    for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
-        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(checkpoint, prefix)
-    return checkpoint, epoch
+    unit = "epoch" if getattr(cfg, "mode", "uotm") == "uotm" else "step"
+    return checkpoint, ({unit: int(match.group(1))} if match else {})
 
 
 def read_options(path):
@@ -110,14 +115,14 @@ def read_options(path):
 
 
 def load_generator(checkpoint_path, cfg, options_path, device):
-    state, epoch = generator_state(checkpoint_path)
+    state, where = generator_state(checkpoint_path, cfg)
     G = build_generator(cfg)
     try:
         G.load_state_dict(state)
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:300]
         raise UsageError(f"{checkpoint_path} does not fit the generator of {options_path}: {detail}") from None
-    return G.to(device).eval(), epoch
+    return G.to(device).eval(), where
 
 
 def reference(args, cfg, inception, device):
@@ -162,7 +167,7 @@ def evaluate(args, device):
     run_dir = os.path.dirname(checkpoint)
     options_path = args.options or os.path.join(run_dir, "options.json")
     cfg = read_options(options_path)
-    G, epoch = load_generator(checkpoint, cfg, options_path, device)
+    G, where = load_generator(checkpoint, cfg, options_path, device)
     inception = fid.load_inception(args.inception_weights, device)
     mu_ref, sigma_ref, real_features, ref_name = reference(args, cfg, inception, device)
     features = fid.generator_features(
@@ -171,7 +176,7 @@ def evaluate(args, device):
         return
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     record = {"fid": fid.frechet_distance(*fid.statistics(features), mu_ref, sigma_ref),
-              "num_samples": len(features), "checkpoint": checkpoint, "epoch": epoch,
+              "num_samples": len(features), "checkpoint": checkpoint, **where,
               "seed": args.seed, "ref": os.path.abspath(ref_name),
               "device": f"{device_name} x{udist.world_size()}", "batch_size": args.batch_size,
               "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 
@@ -16,10 +17,12 @@ import torchvision
 from PIL import Image
 from scipy import linalg
 
-from score_sde import add_model_args, build_generator
+import train
 from uot import fid
 from tiny import INCEPTION_WEIGHTS_NAME as WEIGHTS_NAME
+from tiny import argv
 from uot.errors import UsageError
+from uot.io import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Any download attempt fails at once (connection refused) instead of reaching the network.
@@ -50,25 +53,28 @@ def read_records(run_dir):
 
 # ----------------------------------------------------------------------------- fixtures
 
+TINY_RUN = ("--dataset digits --model_name dcgan --ngf 8 --nz 4 --image_size 8 --batch_size 256 --log_every 100 "
+            "--save_image_every 1000")
+
+
+def read_options(run_dir):
+    with open(run_dir / "options.json", encoding="utf-8") as f:
+        return argparse.Namespace(**json.load(f))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A run directory with a tiny DCGAN generator (netG_1 and a newer netG_3) and 5 reference PNGs."""
+    """A real train.py run directory (a tiny DCGAN on the 8x8 digits, UOTM mode, EMA on:
+    netG_1..netG_3 and content.pth after 3 epochs of 7 iterations) and 5 reference PNGs."""
     base = tmp_path_factory.mktemp("fid_run")
-    run_dir, ref_dir = base / "run", base / "ref"
-    os.makedirs(run_dir)
+    ref_dir = base / "ref"
     os.makedirs(ref_dir)
-    cfg = add_model_args(argparse.ArgumentParser()).parse_args(
-        ["--model_name", "dcgan", "--ngf", "8", "--nz", "4", "--image_size", "16"])
-    options = {**vars(cfg), "dataset": "cifar10", "datadir": str(base / "no_data")}
-    with open(run_dir / "options.json", "w") as f:
-        json.dump(options, f)
-    torch.manual_seed(0)
-    torch.save(build_generator(cfg).state_dict(), run_dir / "netG_1.pth")
-    torch.save(build_generator(cfg).state_dict(), run_dir / "netG_3.pth")
+    assert train.main(argv(TINY_RUN + " --num_epoch 3 --save_ckpt_every 1 --save_content_every 3", base, "uotm")) == 0
     rng = np.random.default_rng(0)
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(ref_dir / f"{i}.png")
-    return argparse.Namespace(dir=run_dir, ref=ref_dir, base=base, cfg=argparse.Namespace(**options))
+    run_dir = base / "digits" / "uotm"
+    return argparse.Namespace(dir=run_dir, ref=ref_dir, base=base, cfg=read_options(run_dir))
 
 
 # ----------------------------------------------------------------------------- Frechet distance
@@ -198,21 +204,105 @@ def test_load_stats_rejects_missing_and_malformed_files(tmp_path):
         fid.load_stats(str(tmp_path / "bad.npz"))
 
 
+def random_stats(seed=0):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(fid.FEATURE_DIM, 8))
+    return rng.normal(size=fid.FEATURE_DIM), features @ features.T
+
+
+def save_pickled_stats(path, stats, protocol=4, module="numpy._core.multiarray"):
+    """A .npy of a pickled dict, as np.save(allow_pickle=True) writes it; `module` names numpy's
+    array-rebuilding function (numpy 1 wrote numpy.core.multiarray; protocols 2-3 spell globals as text)."""
+    data = pickle.dumps(np.array(stats, dtype=object), protocol=protocol)
+    if protocol < 4:
+        data = data.replace(np.zeros(0).__reduce__()[0].__module__.encode(), module.encode())
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
+        f.write(data)
+
+
+@pytest.mark.parametrize("protocol, module", [(4, None), (3, "numpy.core.multiarray"), (2, "numpy.core.multiarray")],
+                         ids=["numpy2", "numpy1", "protocol2"])
+def test_public_repositories_pickled_stats_load_like_the_npz(tmp_path, protocol, module):
+    mu, sigma = random_stats()
+    fid.save_stats(str(tmp_path / "ref.npz"), mu, sigma, 10)
+    if module is None:   # exactly what the public fid_score.py reads back with np.load(...).item()
+        np.save(tmp_path / "ref_stat.npy", {"mu": mu, "sigma": sigma}, allow_pickle=True)
+    else:
+        save_pickled_stats(tmp_path / "ref_stat.npy", {"mu": mu, "sigma": sigma}, protocol, module)
+    for loaded, expected in zip(fid.load_stats(str(tmp_path / "ref_stat.npy")),
+                                fid.load_stats(str(tmp_path / "ref.npz"))):
+        assert loaded.dtype == np.float64 and np.array_equal(loaded, expected)
+
+
+class RunsCode:
+    """Unpickling this calls `function(*args)`: what a hostile statistics file would do."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+@pytest.mark.parametrize("payload", [
+    lambda marker: RunsCode(os.system, f"touch {marker}"),
+    lambda marker: RunsCode(open, str(marker), "w"),
+    lambda marker: {"mu": RunsCode(os.system, f"touch {marker}"), "sigma": np.eye(2)},
+], ids=["os.system", "builtins.open", "inside the dict"])
+def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path, payload):
+    marker = tmp_path / "marker"
+    path = tmp_path / "cifar10_train_stat.npy"
+    np.save(path, np.array(payload(marker), dtype=object), allow_pickle=True)
+    with pytest.raises(UsageError) as err:
+        fid.load_stats(str(path))
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message and "refused" in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("stats, reason", [
+    ({"mu": np.zeros(fid.FEATURE_DIM)}, "exactly the keys mu and sigma"),
+    ({"mu": np.zeros(fid.FEATURE_DIM), "sigma": np.eye(3), "extra": 1}, "exactly the keys mu and sigma"),
+    ({"mu": np.zeros(fid.FEATURE_DIM, int), "sigma": np.eye(3)}, "mu is not a float array"),
+    ({"mu": np.zeros(3), "sigma": np.eye(3)}, r"mu \(3,\) and sigma \(3, 3\) are not pool3"),
+], ids=["key missing", "extra key", "integers", "shapes"])
+def test_pickled_stats_of_another_layout_are_refused(tmp_path, stats, reason):
+    np.save(tmp_path / "stat.npy", stats, allow_pickle=True)
+    with pytest.raises(UsageError, match=reason):
+        fid.load_stats(str(tmp_path / "stat.npy"))
+
+
 # ----------------------------------------------------------------------------- test.py
 
-def test_checkpoint_selection_and_content_format(run, tmp_path):
+def test_every_checkpoint_kind_of_a_real_run(run, tmp_path):
+    """What train.py writes is what test.py reads: the newest netG_<n>.pth of a run directory
+    (the EMA generator, at epoch n in UOTM mode, iteration n in S-JKO mode) and content.pth
+    (its G_ema, or G when the run keeps no EMA, at its step)."""
     script = load_test_script()
-    assert script.find_checkpoint(str(run.dir)).endswith("netG_3.pth")
-    G, G_ema = build_generator(run.cfg), build_generator(run.cfg)
-    torch.save({"G": G.state_dict(), "G_ema": None, "epoch": 7, "step": 70, "args": {}},
-               tmp_path / "content.pth")
-    assert script.find_checkpoint(str(tmp_path)) == str(tmp_path / "content.pth")
-    state, epoch = script.generator_state(str(tmp_path / "content.pth"))
-    assert epoch == 7 and all(torch.equal(state[k], v) for k, v in G.state_dict().items())
-    torch.save({"G": G.state_dict(), "G_ema": {f"module.{k}": v for k, v in G_ema.state_dict().items()},
-                "epoch": 8, "step": 80, "args": {}}, tmp_path / "content.pth")
-    state, _ = script.generator_state(str(tmp_path / "content.pth"))
-    assert all(torch.equal(state[k], v) for k, v in G_ema.state_dict().items())
+    content = load_checkpoint(str(run.dir / "content.pth"))
+    assert script.find_checkpoint(str(run.dir)) == str(run.dir / "netG_3.pth")
+    for name, where in (("netG_3.pth", {"epoch": 3}), ("content.pth", {"step": 21})):
+        state, found = script.generator_state(str(run.dir / name), run.cfg)
+        assert found == where
+        assert all(torch.equal(state[k], v) for k, v in content["G_ema"].items())
+        G, found = script.load_generator(str(run.dir / name), run.cfg, "options.json", torch.device("cpu"))
+        assert found == where and not G.training
+
+    # S-JKO mode without EMA: netG_<iteration>.pth and content.pth hold G
+    assert train.main(argv(TINY_RUN + " --phi2 kl --num_phase 1 --init_num_iterations 4 --save_ckpt_every 2",
+                           tmp_path, "sjko")) == 0
+    sjko_dir, cfg = tmp_path / "digits" / "sjko", read_options(tmp_path / "digits" / "sjko")
+    content = load_checkpoint(str(sjko_dir / "content.pth"))
+    assert content["G_ema"] is None
+    assert script.find_checkpoint(str(sjko_dir)) == str(sjko_dir / "netG_4.pth")
+    for name in ("netG_4.pth", "content.pth"):
+        state, found = script.generator_state(str(sjko_dir / name), cfg)
+        assert found == {"step": 4}
+        assert all(torch.equal(state[k], v) for k, v in content["G"].items())
+    (tmp_path / "weights.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UsageError, match="cannot read checkpoint"):
+        script.generator_state(str(tmp_path / "weights.pth"), cfg)
 
 
 def test_bad_inputs_are_one_line_usage_errors(run, tmp_path):
@@ -249,11 +339,14 @@ def test_script_end_to_end(run, torch_home, tmp_path):
     assert math.isfinite(first["fid"]) and first["fid"] > 0
     assert 0 <= first["precision"] <= 1 and 0 <= first["recall"] <= 1
     [cached] = os.listdir(stats_dir)
-    assert cached.startswith("ref_") and cached.endswith("_16_5.npz")
+    assert cached.startswith("ref_") and cached.endswith("_8_5.npz")
 
-    # 2. same seed against the cached statistics, weights passed by path (empty hub cache)
+    # 2. same seed against the cached statistics in the public repositories' layout (a pickled
+    # dict in a .npy), weights passed by path (empty hub cache): the same FID
     samples = tmp_path / "samples"
-    result = run_script([run.dir, "--num_samples", 4, "--ref_stats", stats_dir / cached,
+    mu, sigma = fid.load_stats(str(stats_dir / cached))
+    np.save(tmp_path / "ref_stat.npy", {"mu": mu, "sigma": sigma}, allow_pickle=True)
+    result = run_script([run.dir, "--num_samples", 4, "--ref_stats", tmp_path / "ref_stat.npy",
                          "--inception_weights", torch_home / "hub" / "checkpoints" / WEIGHTS_NAME,
                          "--save_samples", samples] + common, torch_home=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -262,7 +355,7 @@ def test_script_end_to_end(run, torch_home, tmp_path):
     assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
     assert sorted(os.listdir(samples)) == [f"{i:06d}.png" for i in range(4)]
     with Image.open(samples / "000000.png") as png:
-        assert png.size == (16, 16) and png.mode == "RGB"
+        assert png.size == (8, 8) and png.mode == "L"
 
     # 3. torchrun, 2 ranks: uneven shares (3 reference images + 2; 2 samples + 1), one record
     result = run_script([run.dir, "--num_samples", 3, "--ref_dir", run.ref,
