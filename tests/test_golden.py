@@ -91,15 +91,12 @@ def _report_worst():
 # The comparison (see the module docstring)
 
 @contextlib.contextmanager
-def precision(dtype):
-    """Evaluate in `dtype`. In float64, Tensor.float() keeps a float64 tensor float64: the
-    steps cast the potentials' outputs to float32 (for autocast), which would put float32
-    roundings back into the float64 evaluation."""
-    if dtype == torch.float32:
-        yield
-        return
+def float_keeps_float64():
+    """Tensor.float() keeps a float64 tensor float64: the steps cast the potentials' outputs to
+    float32 (for autocast), which would put float32 roundings into the float64 evaluation."""
     to_float32 = torch.Tensor.float
-    torch.Tensor.float = lambda self, *args, **kwargs: self if self.dtype == dtype else to_float32(self, *args, **kwargs)
+    torch.Tensor.float = lambda self, *args, **kwargs: \
+        self if self.dtype == torch.float64 else to_float32(self, *args, **kwargs)
     try:
         yield
     finally:
@@ -112,9 +109,8 @@ def rms(t):
 
 def evaluate(run):
     """run(dtype) -> {name: tensor}, evaluated in float32 and in float64."""
-    with precision(torch.float32):
-        ours32 = run(torch.float32)
-    with precision(torch.float64):
+    ours32 = run(torch.float32)
+    with float_keeps_float64():
         ours64 = run(torch.float64)
     assert all(v.dtype == torch.float64 for v in ours64.values()), "a float32 step in the float64 evaluation"
     return ours32, ours64
@@ -294,19 +290,18 @@ def same_options(cfg, recorded):
     return {k: ours[k] for k in recorded} == recorded
 
 
-def tiny_ncsnpp(variant="default", *extra):
+def tiny_ncsnpp(variant="default"):
     rec = golden("ncsnpp.pt")[variant]
-    cfg = model_cfg("--model_name", "ncsnpp", *NCSNPP_TINY[variant], *extra)
+    cfg = model_cfg("--model_name", "ncsnpp", *NCSNPP_TINY[variant])
     assert same_options(cfg, rec["options"])
     G = build_generator(cfg)
-    names = load_public_ncsnpp(G, rec["state_dict"], rec["x"], rec["z"])
-    return G, names, rec, cfg
+    return G, load_public_ncsnpp(G, rec["state_dict"], rec["x"], rec["z"]), rec
 
 
 def ncsnpp_output(variant, shift=0.0):
     """The output on the recorded inputs; `shift` moves the attention's values (all_modules.5.NIN_2.W)."""
     def run(dtype):
-        G, names, rec, _ = tiny_ncsnpp(variant)
+        G, names, rec = tiny_ncsnpp(variant)
         with torch.no_grad():
             if shift:
                 names["all_modules.5.NIN_2.W"].add_(shift)
@@ -437,12 +432,12 @@ def tiny_otm():
     assert isinstance(G, OTMGenerator) and isinstance(D, OTMPotential)
     g_names = load_in_order(G, rec["G"]["state_dict"])
     d_names = load_in_order(D, rec["D"]["state_dict"], drop=("projection",))  # built, never called
-    return G, D, g_names, d_names, rec, cfg
+    return G, D, g_names, d_names, rec
 
 
 def otm_outputs(shift=0.0):
     def run(dtype):
-        G, D, g_names, d_names, rec, _ = tiny_otm()
+        G, D, g_names, d_names, rec = tiny_otm()
         with torch.no_grad():
             shift_middle_weight(g_names, shift)
             shift_middle_weight(d_names, shift)
@@ -592,7 +587,7 @@ def uotm_image_steps(loss, cost_scale, r1_weight, reference, phi1, phi2, tau):
     case = rec["cases"][f"{phi1}_{phi2}_tau{tau}"]
 
     def run(dtype):
-        G, g_names, _, _ = tiny_ncsnpp()
+        G, g_names, _ = tiny_ncsnpp()
         D, d_names, _ = tiny_potential("small")
         x, z, real = (rec[k].to(dtype) for k in ("noise", "z", "real"))
         return run_steps(G.to(dtype), D.to(dtype), g_names, d_names, case, loss, real, x, z,
@@ -665,7 +660,7 @@ def test_quadratic_cost_matches_public():
     rec = golden("uotm_image_losses.pt")
 
     def run(dtype):
-        G, _, _, _ = tiny_ncsnpp()
+        G, _, _ = tiny_ncsnpp()
         x = rec["noise"].to(dtype)
         with torch.no_grad():
             return {"cost": quadratic_cost(x, G.to(dtype)(x, rec["z"].to(dtype)), image_cost_scale(1.0))}
@@ -796,8 +791,9 @@ def toy_trainer(phi1, phi2, tau, lmbda, dtype=torch.float32, pairing="all_pairs"
 
 
 def trainer_grads(prefix, net, keys):
-    return grads(prefix, {name: p for name, p in ((n, dict(net.named_parameters())[toy_rename(n)]) for n in keys)},
-                 keys)
+    """The gradients of our parameters, under the public names `keys`."""
+    ours = dict(net.named_parameters())
+    return grads(prefix, {name: ours[toy_rename(name)] for name in keys}, keys)
 
 
 @pytest.mark.parametrize("phi1,phi2,tau,lmbda", UOTM_TOY_CASES)
@@ -827,7 +823,8 @@ def test_train_toy_map_step_matches_public(phi1, phi2, tau, lmbda):
 
     def run(dtype):
         trainer, rec = toy_trainer(phi1, phi2, tau, lmbda, dtype)
-        return {"err": trainer.map_step(rec["x_src"], rec["z"]), **trainer_grads("G", trainer.netG, TOY_GRAD_NAMES["G"])}
+        err = trainer.map_step(rec["x_src"], rec["z"])
+        return {"err": err, **trainer_grads("G", trainer.netG, TOY_GRAD_NAMES["G"])}
     assert_matches(run, {"err": case["errG"], **{f"G.{name}": case["G_grads"][name] for name in TOY_GRAD_NAMES["G"]}})
 
 
@@ -839,7 +836,7 @@ def otm_map(cost_scale, reference):
     case = golden("otm_sjko_map_loss.pt")
 
     def run(dtype):
-        G, D, g_names, _, rec, _ = tiny_otm()
+        G, D, g_names, _, rec = tiny_otm()
         x = rec["G"]["x"].to(dtype)
         err, _ = map_step(G.to(dtype), D.to(dtype), frozen_adam(G), SemiDualLoss("linear", "kl"), x,
                           torch.randn(4, 100, dtype=dtype), reference(x), cost_scale)
