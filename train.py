@@ -24,7 +24,8 @@ import torch
 
 from datasets_prep import IMAGE_DATASETS, build_image_dataset, dataset_info, default_image_size, digits_eval
 from datasets_prep.loader import ImageStream, ToyStream
-from datasets_prep.toy import TOYS_2D, metric_args, sample_toy
+from datasets_prep.toy import TOY_TRANSLATIONS, TOYS_2D, data_toy, metric_args, sample_toy
+from datasets_prep import translation
 from score_sde import (add_model_args, build_generator, build_potential, count_parameters, initial_reference,
                        source_shape)
 from uot import dist as udist
@@ -42,6 +43,8 @@ from utils import ScaledPhi, select_phi  # utils: where users register their own
 PREEMPTED_EXIT_CODE = 75   # EX_TEMPFAIL: "try again"; requeue with --resume auto
 DIVERGED_EXIT_CODE = 3
 SJKO_FLAGS = ("num_phase", "init_h", "h", "init_num_iterations", "num_iterations")
+TRAIN_TOYS = TOYS_2D + tuple(TOY_TRANSLATIONS)   # the 2-D datasets: --model_name toy
+DATASET_NAMES = IMAGE_DATASETS + TRAIN_TOYS
 # Arguments a checkpoint's weights depend on: a resume must not change them.
 ARCH_KEYS = ("model_name", "image_size", "num_channels", "num_channels_dae", "n_mlp", "ch_mult",
              "num_res_blocks", "attn_resolutions", "resamp_with_conv", "conditional", "fir",
@@ -71,7 +74,8 @@ def build_parser():
     run = p.add_argument_group("run")
     run.add_argument("--exp", default="exp", help="experiment name: the run directory is <outdir>/<dataset>/<exp>")
     run.add_argument("--outdir", default="train_logs")
-    run.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(IMAGE_DATASETS + TOYS_2D)}")
+    run.add_argument("--dataset", default="cifar10", help=f"one of {', '.join(DATASET_NAMES)}; a translation "
+                     f"({', '.join(translation.TRANSLATIONS)}) maps a source dataset, not N(0, I)")
     run.add_argument("--datadir", default="./data", help="data root of the image datasets")
     run.add_argument("--seed", type=int, default=1024)
     run.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -158,10 +162,15 @@ def add_output_args(p):
 def resolve_args(args, world):
     """Fill in the defaults of the mode and validate every flag. Touches no file."""
     args.sjko = any(getattr(args, k) is not None for k in SJKO_FLAGS)
-    args.toy = args.dataset in TOYS_2D
+    if args.dataset not in DATASET_NAMES:
+        raise UsageError(f"--dataset {args.dataset} is unknown; choose one of {', '.join(DATASET_NAMES)}")
+    args.toy = args.dataset in TRAIN_TOYS
     if args.toy != (args.model_name == "toy"):
         raise UsageError(f"--dataset {args.dataset} with --model_name {args.model_name}: the 2-D toy datasets "
-                         f"({', '.join(TOYS_2D)}) need --model_name toy --image_size 2, and only they take it")
+                         f"({', '.join(TRAIN_TOYS)}) need --model_name toy --image_size 2, and only they take it")
+    if args.dataset in translation.TRANSLATIONS and args.model_name == "otm":
+        raise UsageError(f"--dataset {args.dataset} maps source images, and --model_name otm maps 3 x 8 x 8 noise; "
+                         f"pick another --model_name (ncsnpp, dcgan)")
     args.num_channels = 1 if args.toy else dataset_info(args.dataset).channels
     args.image_size = (args.image_size or 2) if args.toy else default_image_size(args.dataset, args.image_size)
     args.loss = args.loss or ("jsd" if args.sjko and args.phi2 is None else "uot")
@@ -192,6 +201,9 @@ def resolve_args(args, world):
     if args.batch_size % world:
         raise UsageError(f"--batch_size {args.batch_size} is the global batch and must divide by the "
                          f"{world} processes; pick a multiple of {world}")
+    if args.fid_every and args.dataset in translation.TRANSLATIONS:
+        raise UsageError(f"--fid_every: FID samples from noise, but --dataset {args.dataset} maps a source "
+                         f"dataset; drop --fid_every (the public code computes no FID for it either)")
     if args.fid_every and not args.fid_ref_stats:
         raise UsageError("--fid_every needs --fid_ref_stats FILE.npz (make one with test.py --compute_stats)")
     if args.fid_ref_stats and not os.path.isfile(args.fid_ref_stats):
@@ -246,6 +258,9 @@ class Run:
     source_shape: tuple
     initial_reference: object  # the phase-0 reference map: x -> y_ref
     inception: object = None   # the FID network of --fid_every, loaded at the first evaluation
+    source: object = None      # translations: the stream of source batches (None: N(0, I))
+    source_test: object = None # translations: the source test images the saves map (images only)
+
 
 
 @dataclass
@@ -257,8 +272,9 @@ class PhaseSetup:
     data_noise: float
 
 
-def build_training(args, device, G, D, dataset=None):
-    """The run's state, data stream and schedule on `device`, from the networks `main` built."""
+def build_training(args, device, G, D, dataset=None, source=None):
+    """The run's state, data stream and schedule on `device`, from the networks `main` built;
+    for an image translation, `source` = (its training split, its test split) as datasets."""
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
     udist.broadcast_module(G)
@@ -267,7 +283,7 @@ def build_training(args, device, G, D, dataset=None):
     rank, world = udist.rank(), udist.world_size()
     batch = args.batch_size // world
     if args.toy:
-        data = ToyStream(args.dataset, args.image_size, batch, device)
+        data = ToyStream(data_toy(args.dataset), args.image_size, batch, device)
     elif dataset is not None:
         info = dataset_info(args.dataset)
         data = ImageStream(dataset, batch, rank, world, args.seed, device, flip=info.flip,
@@ -282,8 +298,15 @@ def build_training(args, device, G, D, dataset=None):
         phases = [Phase(0, 0, args.num_epoch * steps_per_epoch, None)]
     G_fast, D_fast = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else nullcontext()
-    return Run(args, device, state, G_fast, D_fast, autocast, data, phases, steps_per_epoch, batch,
-               source_shape(args), initial_reference(args))
+    run = Run(args, device, state, G_fast, D_fast, autocast, data, phases, steps_per_epoch, batch,
+              source_shape(args), initial_reference(args))
+    if args.dataset in TOY_TRANSLATIONS:
+        run.source = ToyStream(TOY_TRANSLATIONS[args.dataset][0], args.image_size, batch, device)
+    elif source is not None:
+        run.source = ImageStream(source[0], batch, rank, world, args.seed, device, flip=False,
+                                 on_device=args.data_on_device != "off", num_workers=args.num_workers)
+        run.source_test = translation.to_model_input(source[1])
+    return run
 
 
 def enter_phase(run, phase, log):
@@ -320,15 +343,16 @@ def learning_rates(args, step, total_steps, steps_per_epoch):
     return cosine(args.lr_g, args.eta_min, t, period), cosine(args.lr_d, args.eta_min, t, period)
 
 
-def iteration(run, ps, real):
+def iteration(run, ps, real, sources=None):
     """One iteration: a potential step on a source batch, a map step on a fresh one (as the
-    public loops draw them), then the EMA. Returns the statistics, 0-d tensors on the device."""
+    public loops draw them), then the EMA. Source batches are N(0, I), or for a translation
+    the next two of `sources`. Returns the statistics, 0-d tensors on the device."""
     args, state = run.args, run.state
     if ps.data_noise:
         real = real + ps.data_noise * torch.randn_like(real)
 
     def source_batch():
-        x = torch.randn((run.batch, *run.source_shape), device=run.device)
+        x = next(sources) if sources is not None else torch.randn((run.batch, *run.source_shape), device=run.device)
         return x, torch.randn(run.batch, args.nz, device=run.device)
 
     x, z = source_batch()
@@ -364,6 +388,7 @@ def training_loop(run, run_dir, log, stop):
         return checksums
 
     batches = run.data.batches(state.step)
+    sources = run.source.batches(2 * state.step) if run.source is not None else None   # two per iteration
     ps = None
     while state.step < total:
         # A new JKO phase: the losses and the reference map it trains against.
@@ -371,7 +396,7 @@ def training_loop(run, run_dir, log, stop):
             ps = enter_phase(run, phase_at(run.phases, state.step), log.log)
         # One iteration.
         state.set_learning_rates(*learning_rates(args, state.step, total, run.steps_per_epoch))
-        stats.add(state.step + 1, **iteration(run, ps, next(batches)))
+        stats.add(state.step + 1, **iteration(run, ps, next(batches), sources))
         state.step += 1
         step = state.step
 
@@ -433,22 +458,33 @@ def save_generator(run, run_dir, n, log):
 def save_samples(run, run_dir, n, log):
     """A metrics.json record and, from fixed noise: samples_<n>.png (images; on the digits also
     the digits measures of datasets_prep.digits_eval), or samples_<n>.npz and scatter_<n>.png
-    with the toy metrics (2-D toys)."""
+    with the toy metrics (2-D toys). A translation maps fixed source test samples instead, adds
+    datasets_prep.translation's measures and shows its images below their sources."""
     if udist.rank() != 0:
         return
     args, G = run.args, run.state.G_eval
     fixed = torch.Generator().manual_seed(args.seed)   # the same noise at every save
     measured = args.dataset in digits_eval.MEASURED_DATASETS
     count = 4000 if args.toy else digits_eval.SAMPLES if measured else 64
-    x = torch.randn((count, *run.source_shape), generator=fixed).to(run.device)
+    if run.source_test is not None:   # an image translation maps source test images (all that are measured)
+        x = run.source_test[:None if args.dataset in translation.MEASURED else count]
+    elif args.dataset in TOY_TRANSLATIONS:
+        x = translation.toy_source(args.dataset, count, args.image_size, generator=fixed)
+    else:
+        x = torch.randn((count, *run.source_shape), generator=fixed)
+    x, count = x.to(run.device), len(x)
     z = torch.randn(count, args.nz, generator=fixed).to(run.device)
     with torch.no_grad():
         generated = torch.cat([G(x[i:i + 1000], z[i:i + 1000]) for i in range(0, count, 1000)]).float()
     record = dict(step=run.state.step, phase=phase_at(run.phases, max(run.state.step - 1, 0)).index)
+    if args.dataset in translation.TRANSLATIONS:
+        record.update(translation.translation_metrics(args.dataset, x, generated))
     if args.toy:
-        target = sample_toy(args.dataset, count, dim=args.image_size, generator=fixed)
+        target = sample_toy(data_toy(args.dataset), count, dim=args.image_size, generator=fixed)
         record.update(save_toy_samples(run_dir, n, x, target, generated, f"{args.dataset}, step {record['step']}",
                                        **metric_args(args.dataset)))
+    elif args.dataset in translation.TRANSLATIONS:   # rows of sources, each above the row of their images
+        save_image_grid(translation.beside_sources(x, generated), os.path.join(run_dir, f"samples_{n}.png"))
     else:
         save_image_grid(generated[:64], os.path.join(run_dir, f"samples_{n}.png"))
         if measured:
@@ -558,6 +594,13 @@ def run_training(argv, stop):
             raise UsageError(f"--batch_size {args.batch_size} is larger than the dataset ({len(dataset)} images); "
                              f"lower --batch_size")
         dataset[0]   # decode one image now: a wrong folder or format fails here, naming the file
+    source = None
+    if args.dataset in translation.IMAGE_TRANSLATIONS:   # (train, test): train maps the one, saves the other
+        source = tuple(translation.source_images(args.dataset, args.datadir, args.image_size, split)
+                       for split in ("train", "test"))
+        if len(source[0]) < args.batch_size:
+            raise UsageError(f"--batch_size {args.batch_size} is larger than the source training set "
+                             f"({len(source[0])} images); lower --batch_size")
 
     rank, world, local_rank = udist.init_distributed(device_kind, args.dist_timeout)
     device = torch.device(device_kind, local_rank) if device_kind == "cuda" else torch.device("cpu")
@@ -572,7 +615,7 @@ def run_training(argv, stop):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
-        run = build_training(args, device, G, D, dataset)
+        run = build_training(args, device, G, D, dataset, source)
         torch.manual_seed(args.seed + rank)   # then a different noise stream per rank
         prepare_run_dir(run_dir, args, fresh=resume is None)
         if resume is not None:

@@ -34,6 +34,9 @@ DATASETS = {
     "celeba_256": DatasetInfo(3, 256, ("train", "val", "test"), small=False, flip=True),
     "lsun": DatasetInfo(3, 256, ("train", "val"), small=False, flip=True),
     "imagefolder": DatasetInfo(3, None, ("train",), small=False, flip=False),
+    # translations (datasets_prep.translation): the target's facts, which the source shares
+    "emnist2mnist": DatasetInfo(1, 32, ("train", "test"), small=True, flip=False),
+    "digits0-4to5-9": DatasetInfo(1, 8, ("train", "test"), small=True, flip=False),
 }
 IMAGE_DATASETS = tuple(DATASETS)
 

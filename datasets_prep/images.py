@@ -77,6 +77,9 @@ def build_image_dataset(name, root, image_size, split="train", download=True):
         raise UsageError(f"{name} has no split {split!r}; choose one of {', '.join(splits)}")
     if not isinstance(image_size, int) or image_size < 1:
         raise UsageError(f"--image_size {image_size} must be a positive integer")
+    if name in ("emnist2mnist", "digits0-4to5-9"):   # a translation's data is its target side
+        from datasets_prep.translation import target_images
+        return target_images(name, root, image_size, split, download)
     if name == "digits":
         return _digits(image_size)
     if name == "digits+outliers":

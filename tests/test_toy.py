@@ -65,7 +65,7 @@ def test_bad_name_dim_or_p_is_a_usage_error_naming_the_flag():
     with pytest.raises(UsageError, match="--source_name outlier is 1-D only"):
         check_toy("outlier", 2, "--source_name")
     with pytest.raises(UsageError, match="2-D only"):
-        sample_toy("moons", 10, 1)
+        sample_toy("25gaussian", 10, 1)
     with pytest.raises(UsageError, match="--p"):
         sample_toy("outlier", 10, p=1.5)
 
