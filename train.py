@@ -31,17 +31,15 @@ from score_sde import (add_model_args, build_generator, build_potential, count_p
 from uot import dist as udist
 from uot.cli import ArgumentParser, check_non_negative, check_phi, check_positive
 from uot.errors import UsageError, exit_on_usage_error
-from uot.io import atomic_torch_save, atomic_write_json, load_checkpoint
+from uot.io import atomic_torch_save, atomic_write_json, read_checkpoint
 from uot.losses import PAIRINGS, GANLoss, JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale
-from uot.monitor import Diverged, RunLog, StepStats, StopRequest
+from uot.monitor import DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE, Diverged, RunLog, StepStats, StopRequest
 from uot.samples import save_image_grid, save_toy_samples
 from uot.schedule import Phase, alpha_at, cosine, data_noise_std, jko_phases, phase_at
-from uot.state import TrainState, load_rng_state_dict, rng_state_dict
+from uot.state import TrainState, check_compatible, load_rng_state_dict, rng_state_dict
 from uot.steps import map_step, potential_step
 from utils import ScaledPhi, select_phi  # utils: where users register their own Psi*
 
-PREEMPTED_EXIT_CODE = 75   # EX_TEMPFAIL: "try again"; requeue with --resume auto
-DIVERGED_EXIT_CODE = 3
 SJKO_FLAGS = ("num_phase", "init_h", "h", "init_num_iterations", "num_iterations")
 TRAIN_TOYS = TOYS_2D + tuple(TOY_TRANSLATIONS)   # the 2-D datasets: --model_name toy
 DATASET_NAMES = IMAGE_DATASETS + TRAIN_TOYS
@@ -520,36 +518,17 @@ def check_run_dir(run_dir, args):
         raise UsageError(f"--resume: no checkpoint at {content}; drop --resume or use --resume auto")
     if args.resume and os.path.exists(content):
         ckpt = read_checkpoint(content)
-        check_compatible(ckpt["args"], args, content)
+        check_compatible(ckpt["args"], args, content, ARCH_KEYS)
         return ckpt
     if args.resume == "auto" and os.path.exists(options):
         # killed before its first content.pth: start over, if it is the same experiment
         with open(options, encoding="utf-8") as f:
-            check_compatible(json.load(f), args, options)
+            check_compatible(json.load(f), args, options, ARCH_KEYS)
         return None
     if (os.path.exists(options) or os.path.exists(content)) and not args.overwrite:
         raise UsageError(f"{run_dir} already holds a run: continue it with --resume, start over with "
                          f"--overwrite, or pick another --exp")
     return None
-
-
-def check_compatible(ckpt_args, args, source):
-    for key in ARCH_KEYS:
-        if key in ckpt_args and ckpt_args[key] != getattr(args, key):
-            raise UsageError(f"--resume: {source} was made with --{key} {ckpt_args[key]}, "
-                             f"this run has {getattr(args, key)}; use the same value or another --exp")
-
-
-def read_checkpoint(path):
-    """load_checkpoint, with a one-line UsageError for a file that is not one of our checkpoints."""
-    try:
-        ckpt = load_checkpoint(path)
-    except Exception as err:  # what torch.load raises varies: zip, unpickling (weights_only), EOF errors
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"{path} is not a readable checkpoint ({reason}); delete it to start over") from None
-    if not isinstance(ckpt, dict) or "args" not in ckpt:
-        raise UsageError(f"{path} is not a train.py content.pth (no 'args'); delete it to start over")
-    return ckpt
 
 
 def prepare_run_dir(run_dir, args, fresh):

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -20,7 +21,7 @@ import torch
 import train
 from tiny import TINY_IMAGE, TINY_TOY
 from uot.errors import USAGE_EXIT_CODE, exit_on_usage_error
-from uot.io import atomic_write_bytes, load_checkpoint
+from uot.io import WriteFailed, atomic_write_bytes, load_checkpoint
 from uot.phi import PHI, register_phi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,15 +65,53 @@ def assert_same_weights(a, b):
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "metrics.json"
     atomic_write_bytes(path, b"good")
-
-    def disk_full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed):
         atomic_write_bytes(path, b"half of the new")
     assert path.read_bytes() == b"good"
     assert os.listdir(tmp_path) == ["metrics.json"]   # no temporary file left behind
+
+
+def disk_full(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_stops_in_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
+    """The disk fills up while content.pth is written a second time (step 4): no byte of it lands."""
+    save, saves = train.atomic_torch_save, []
+
+    def second_save_fails(obj, path):
+        saves.append(path)
+        if len(saves) == 2:
+            monkeypatch.setattr(os, "fsync", disk_full)
+        return save(obj, path)
+
+    monkeypatch.setattr(train, "atomic_torch_save", second_save_fails)
+    args = TINY_TOY + SJKO + "20 --save_content_every 2 --save_ckpt_every 1000 --save_image_every 1000"
+    with pytest.raises(SystemExit) as exit_:
+        exit_on_usage_error(lambda: train.main(argv(args, tmp_path)))
+    monkeypatch.undo()
+    assert exit_.value.code == USAGE_EXIT_CODE
+    content = tmp_path / "8gaussian" / "t" / "content.pth"
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert line.startswith(f"error: cannot write {content} (No space left on device): it needs "), line
+    assert "bytes free there; the previous content.pth is unchanged" in line and "--resume auto" in line
+    ckpt = load_checkpoint(content)
+    assert ckpt["step"] == 2
+    assert_finite_checkpoint(ckpt)
+    assert not list(content.parent.glob(".tmp-*"))
+
+
+def test_a_read_only_folder_is_a_failed_write_naming_the_file(tmp_path, monkeypatch):
+    """What a read-only mount or a folder without write permission answers (root ignores the mode bits)."""
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    atomic_write_bytes(tmp_path / "x.json", b"old")
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(WriteFailed, match=r"cannot write .*x\.json \(Read-only file system\): it needs 3 bytes"):
+        atomic_write_bytes(tmp_path / "x.json", b"new")
+    assert (tmp_path / "x.json").read_bytes() == b"old"
 
 
 @pytest.mark.parametrize("config, total", [(TINY_TOY, 300), (TINY_IMAGE, 40)], ids=["toy", "digits"])
@@ -271,6 +310,7 @@ USER_ERRORS = [
     pytest.param(TINY_IMAGE + " --lr_g=-1e-4", "--lr_g must be > 0", id="lr_g"),
     pytest.param(TINY_IMAGE + " --num_epoch ten", "argument --num_epoch: invalid int value: 'ten'", id="argparse"),
     pytest.param(TINY_IMAGE + " --image_size 12", "--image_size 12 does not fit --ch_mult 1 2", id="image_size"),
+    pytest.param(TINY_IMAGE + " --num_channels 3", "--num_channels 3: --dataset digits has 1 channel", id="num_channels"),
     pytest.param(TINY_IMAGE + " --batch_size 15", "--batch_size 15 is the global batch", id="batch vs world"),
     pytest.param(IMAGEFOLDER + " --datadir {in}/nowhere", "{in}/nowhere does not exist", id="missing datadir"),
     pytest.param(IMAGEFOLDER + " --datadir {in}/empty", "{in}/empty holds no images", id="empty folder"),

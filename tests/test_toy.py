@@ -1,8 +1,12 @@
 """Toy samplers, toy networks, the regularizer and train_toy.py end to end."""
+import errno
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,8 +16,11 @@ import train_toy
 from datasets_prep.toy import TOY_DIMS, TOY_MODES, TOY_NAMES, check_toy, sample_toy, stratified_counts
 from score_sde.toy import ToyGenerator, ToyPotential
 from uot.errors import UsageError, exit_on_usage_error
+from uot.io import load_checkpoint
 from uot.losses import source_gradient_penalty
 from uot.metrics import w1_1d
+from uot.phi import PHI, register_phi
+from uot.steps import linearized_map
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,10 +104,9 @@ def test_regularizer_through_the_jacobian_equals_the_double_backward_through_t(d
         xg = x.clone().requires_grad_(True)
         return source_gradient_penalty(netD(netG(xg, z)), xg)
 
-    def penalty_linearized():  # what train_toy.py does
-        y, jacobian = train_toy.map_and_jacobian(netG, x, z)
+    def penalty_linearized():  # what uot.steps.potential_step does for train_toy.py
         xg = x.clone().requires_grad_(True)
-        return source_gradient_penalty(netD(train_toy.linearized(y, jacobian, xg)), xg)
+        return source_gradient_penalty(netD(linearized_map(netG, xg, z)), xg)
 
     direct, linearized = penalty_direct(), penalty_linearized()
     torch.testing.assert_close(linearized, direct)
@@ -137,10 +143,10 @@ def test_regularizer_hand_derived_for_linear_networks():
     def net_t(x, z):
         return a * x + b * z
 
-    y, jacobian = train_toy.map_and_jacobian(net_t, x, z)
-    torch.testing.assert_close(jacobian, torch.full((64, 1, 1), a, dtype=torch.float64))
     xg = x.clone().requires_grad_(True)
-    y_lin = train_toy.linearized(y, jacobian, xg)
+    y_lin = linearized_map(net_t, xg, z)
+    (jacobian,) = torch.autograd.grad(y_lin.sum(), xg, retain_graph=True)
+    torch.testing.assert_close(jacobian, torch.full((64, 1), a, dtype=torch.float64))
     penalty = source_gradient_penalty((w * y_lin.square() / 2).squeeze(1), xg)
     t = a * x + b * z
     torch.testing.assert_close(penalty, ((a * w * t) ** 2).mean())
@@ -156,9 +162,10 @@ def small_args(*flags):
 
 
 def test_short_1d_run_lowers_w1_to_the_target():
-    trainer = train_toy.ToyTrainer(small_args("--source_name", "p", "--target_name", "q", "--tau", "0.02"))
+    trainer = train_toy.ToyTrainer(small_args("--source_name", "p", "--target_name", "q", "--tau", "0.02",
+                                              "--phi1", "kl", "--phi2", "kl"))
     before = w1_1d(trainer.generate(), trainer.target)
-    for _ in range(38):   # 8 iterations an epoch: 304 iterations
+    for _ in range(60):   # 8 iterations an epoch: 480 iterations
         for x, y in trainer.epoch_batches():
             trainer.train_iteration(x, y)
     after = w1_1d(trainer.generate(), trainer.target)
@@ -187,7 +194,7 @@ def test_an_epoch_is_a_reshuffle_of_the_fixed_samples_as_the_public_loop_draws_i
 def test_an_iteration_reuses_its_batches_and_draws_a_fresh_z_per_step(monkeypatch):
     trainer = train_toy.ToyTrainer(small_args("--target_name", "outlier", "--regularize"))
     seen = []
-    for name in ("potential_step", "map_step"):
+    for name in ("potential_stats", "map_stats"):
         real = getattr(trainer, name)
 
         def spy(x, z, *rest, real=real, name=name):
@@ -196,13 +203,13 @@ def test_an_iteration_reuses_its_batches_and_draws_a_fresh_z_per_step(monkeypatc
 
         monkeypatch.setattr(trainer, name, spy)
     x, y = next(iter(trainer.epoch_batches()))
-    loss_v, loss_t = trainer.train_iteration(x, y)
-    assert [s[0] for s in seen] == ["potential_step"] * 5 + ["map_step"]
+    stats = trainer.train_iteration(x, y)
+    assert [s[0] for s in seen] == ["potential_stats"] * 5 + ["map_stats"]
     assert all(torch.equal(s[1], x) for s in seen)                  # one source batch for all six steps
     assert all(torch.equal(s[3], y) for s in seen[:5])              # one target batch for the five
     zs = [s[2] for s in seen]
     assert all(not torch.equal(a, b) for i, a in enumerate(zs) for b in zs[i + 1:])   # a fresh z each
-    assert loss_v.shape == loss_t.shape == () and torch.isfinite(loss_v) and torch.isfinite(loss_t)
+    assert all(v.shape == () and torch.isfinite(v) for v in stats.values()) and stats["penalty"] > 0
     assert all(p.requires_grad for p in [*trainer.netG.parameters(), *trainer.netD.parameters()])
 
 
@@ -233,7 +240,7 @@ def test_cli_1d_run_writes_samples_metrics_and_plots(tmp_path):
     checkpoint = torch.load(out / "checkpoint.pt")
     args = train_toy.parse_args(["--target_name", "outlier"])
     args.__dict__.update(options)
-    ToyGenerator(args.data_dim, args.nz, args.hidden, args.num_blocks).load_state_dict(checkpoint["netG"])
+    ToyGenerator(args.data_dim, args.nz, args.hidden, args.num_blocks).load_state_dict(checkpoint["G"])
 
 
 def test_cli_2d_gaussian_run_draws_its_scatter(tmp_path):
@@ -268,3 +275,142 @@ def test_bad_flag_from_the_command_line():
     result = run_cli("--target_name", "outlier", "--phi1", "nope")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "--phi1" in result.stderr
+
+
+# --- runs that stop and continue ------------------------------------------------------
+
+# 4 iterations an epoch (512 / 128) of tiny networks; checkpoint.pt at every epoch's end, samples
+# and metrics (their plots take a second) every 3 epochs and at the last
+RUN = ["--target_name", "outlier", "--regularize", "--num_data", "512", "--batch_size", "128", "--hidden", "16",
+       "--num_blocks", "1", "--lr", "1e-3", "--phi1", "kl", "--phi2", "kl", "--save_every", "3",
+       "--save_content_every", "1", "--device", "cpu"]
+
+
+def toy_run(tmp_path, name, *flags):
+    return [*RUN, "--savepath", str(tmp_path / name), *flags]
+
+
+def assert_same_state(path_a, path_b):
+    a, b = (load_checkpoint(p / train_toy.CHECKPOINT) for p in (path_a, path_b))
+    assert a["step"] == b["step"]
+    for key in ("G", "D", "opt_G", "opt_D"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert torch.equal(a["rng_cpu"], b["rng_cpu"])
+
+
+def signal_at_iteration(monkeypatch, n, sig=signal.SIGTERM):
+    """Send `sig` to this process inside the n-th training iteration."""
+    step, calls = train_toy.ToyTrainer.train_iteration, []
+
+    def signalling(self, x, y):
+        calls.append(None)
+        if len(calls) == n:
+            os.kill(os.getpid(), sig)
+        return step(self, x, y)
+
+    monkeypatch.setattr(train_toy.ToyTrainer, "train_iteration", signalling)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_ends_the_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one(
+        sig, tmp_path, monkeypatch, capsys):
+    assert train_toy.main(toy_run(tmp_path, "straight", "--epochs", "5")) == 0
+    with monkeypatch.context() as patch:
+        signal_at_iteration(patch, 6, sig)          # in epoch 2: it is finished, saved, and the run stops
+        assert train_toy.main(toy_run(tmp_path, "resumed", "--epochs", "5")) == train_toy.PREEMPTED_EXIT_CODE
+    assert load_checkpoint(tmp_path / "resumed" / train_toy.CHECKPOINT)["step"] == 8
+    assert "stopped by signal after epoch 2" in capsys.readouterr().out
+    assert train_toy.main(toy_run(tmp_path, "resumed", "--epochs", "5", "--resume")) == 0
+    assert_same_state(tmp_path / "straight", tmp_path / "resumed")
+    history = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [3, 5]   # no save twice, none lost
+
+
+def test_sigkill_at_a_random_moment_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
+    epochs = 25   # about 0.05 s each and a checkpoint
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_toy.py"),
+                             *toy_run(tmp_path, "killed", "--epochs", str(epochs))],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # at a random moment once the run writes its checkpoints: often inside a write
+        while proc.poll() is None and not (out / train_toy.CHECKPOINT).exists():
+            time.sleep(0.005)
+        time.sleep(random.uniform(0, 1.0))
+        assert proc.poll() is None, "the run ended before the kill"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = load_checkpoint(out / train_toy.CHECKPOINT)["step"]
+    assert 4 <= killed_at < 4 * epochs
+    assert train_toy.main(toy_run(tmp_path, "killed", "--epochs", str(epochs), "--resume")) == 0
+    assert not list(out.glob(".tmp-*"))
+    assert train_toy.main(toy_run(tmp_path, "straight", "--epochs", str(epochs))) == 0
+    assert_same_state(tmp_path / "straight", out)
+
+
+def test_resume_refuses_other_settings_and_a_used_savepath_needs_overwrite(tmp_path, capsys):
+    assert train_toy.main(toy_run(tmp_path, "run", "--epochs", "1")) == 0
+    for flags, message in [(["--resume", "--hidden", "8"], "was made with --hidden 16, this run has 8"),
+                           ([], "already holds a run"),
+                           (["--resume", "--savepath", str(tmp_path / "none")], "--resume: no checkpoint at")]:
+        with pytest.raises(SystemExit) as exit_info:
+            exit_on_usage_error(lambda: train_toy.main(toy_run(tmp_path, "run", "--epochs", "2", *flags)))
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert train_toy.main(toy_run(tmp_path, "run", "--epochs", "1", "--overwrite")) == 0
+    assert train_toy.main(toy_run(tmp_path, "fresh", "--epochs", "1", "--resume", "auto")) == 0   # nothing to resume
+
+
+@pytest.fixture
+def nan_after_epoch_1():
+    """--phi2 nan_after_epoch_1: Psi2* kl for the 20 potential steps of epoch 1, then NaN."""
+    calls = []
+
+    def phi(s):
+        calls.append(None)
+        return torch.expm1(s) * (float("nan") if len(calls) > 20 else 1.0)
+
+    register_phi("nan_after_epoch_1", phi)
+    yield "nan_after_epoch_1"
+    del PHI["nan_after_epoch_1"]
+
+
+def test_a_diverging_run_exits_3_in_one_line_and_keeps_the_last_good_checkpoint(nan_after_epoch_1, tmp_path, capsys):
+    assert train_toy.main(toy_run(tmp_path, "nan", "--epochs", "5", "--phi2", nan_after_epoch_1)) == \
+        train_toy.DIVERGED_EXIT_CODE
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: training diverged at epoch 2 iteration 5: non-finite "
+                                                     "loss_D nan"), errors
+    assert "checkpoint.pt keeps the last good checkpoint" in errors[0] and "lower --lr" in errors[0]
+    ckpt = load_checkpoint(tmp_path / "nan" / train_toy.CHECKPOINT)
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["D"].values())
+    assert not (tmp_path / "nan" / "metrics.json").exists()   # its first record was due after epoch 3
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_exits_2_in_one_line(tmp_path, monkeypatch, capsys):
+    """The disk fills up during the second checkpoint (epoch 2): its data never reach the disk."""
+    save, saves = train_toy.atomic_torch_save, []
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def second_save_fails(obj, path):
+        saves.append(path)
+        if len(saves) == 2:
+            monkeypatch.setattr(os, "fsync", disk_full)
+        return save(obj, path)
+
+    monkeypatch.setattr(train_toy, "atomic_torch_save", second_save_fails)
+    with pytest.raises(SystemExit) as exit_info:
+        exit_on_usage_error(lambda: train_toy.main(toy_run(tmp_path, "full", "--epochs", "3")))
+    monkeypatch.undo()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    [line] = [e for e in err if e.startswith("error")]
+    path = tmp_path / "full" / train_toy.CHECKPOINT
+    assert line.startswith(f"error: cannot write {path} (No space left on device): it needs ")
+    assert "the previous checkpoint.pt is unchanged" in line
+    assert load_checkpoint(path)["step"] == 4   # epoch 1's, loadable
+    assert not list((tmp_path / "full").glob(".tmp-*"))

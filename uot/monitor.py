@@ -17,6 +17,11 @@ import torch
 from uot import dist as udist
 from uot.io import RecordLog
 
+# The exit codes of both trainers, besides 0 and a UsageError's 2
+PREEMPTED_EXIT_CODE = 75   # EX_TEMPFAIL: "try again"; requeue with --resume auto
+DIVERGED_EXIT_CODE = 3
+RANK_LOST_EXIT_CODE = 4    # another rank died (uot.dist.lost_ranks_message); resume with --resume auto
+
 
 class Diverged(Exception):
     """A non-finite loss, potential or weight: the run stops before writing anything more."""
@@ -25,7 +30,9 @@ class Diverged(Exception):
 class StepStats:
     NAMES = ("loss_D", "loss_G", "penalty", "v_real", "v_fake", "cost")
 
-    def __init__(self, device):
+    def __init__(self, device, checkpoint="content.pth"):
+        """`checkpoint`: the file that keeps the last good state, for the Diverged message."""
+        self.checkpoint = checkpoint
         self.total = torch.zeros(len(self.NAMES), device=device)
         self.count = 0
         # the first iteration with a non-finite statistic: [its step, then the values of NAMES]
@@ -53,7 +60,7 @@ class StepStats:
             what = f"{where(int(step))}: non-finite " + ", ".join(f"{k} {v:.4g}" for k, v in zip(self.NAMES, values))
         else:
             what = "non-finite weights (the losses were finite)"
-        raise Diverged(f"training diverged at {what}; content.pth keeps the last good checkpoint. "
+        raise Diverged(f"training diverged at {what}; {self.checkpoint} keeps the last good checkpoint. "
                        f"Likely cause: {hint}")
 
     def take_means(self):

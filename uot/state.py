@@ -10,6 +10,7 @@ import torch
 
 from uot import dist as udist
 from uot.ema import frozen_copy, update_ema
+from uot.errors import UsageError
 
 
 class TrainState:
@@ -86,3 +87,12 @@ def load_rng_state_dict(state, device, fallback_seed):
     torch.set_rng_state(state["rng_cpu"][rank].clone())
     if device.type == "cuda" and state["rng_cuda"] is not None:
         torch.cuda.set_rng_state(state["rng_cuda"][rank].clone())
+
+
+def check_compatible(ckpt_args, args, source, keys):
+    """Refuse to resume `source` (a checkpoint or options file holding `ckpt_args`) when one of
+    `keys`, the arguments its weights and data depend on, differs in `args`."""
+    for key in keys:
+        if key in ckpt_args and ckpt_args[key] != getattr(args, key):
+            raise UsageError(f"--resume: {source} was made with --{key} {ckpt_args[key]}, "
+                             f"this run has {getattr(args, key)}; use the same value, or start a new run elsewhere")

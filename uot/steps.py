@@ -10,12 +10,31 @@ from contextlib import nullcontext
 import torch
 
 from uot import dist as udist
-from uot.losses import interpolate_gradient_penalty, quadratic_cost, r1_penalty
+from uot.losses import interpolate_gradient_penalty, quadratic_cost, r1_penalty, source_gradient_penalty
+
+
+def linearized_map(G, x, z):
+    """T(x, z) for (B, d) data, differentiable in x but not in T's weights: y + J (x - x.detach())
+    with y = T(x, z) and J its per-sample Jacobian in x, both without a graph.
+
+    Anything computed from it has the same d/dx as through T itself. The toy regulariser needs
+    d v(T(x)) / dx and its gradient in v's weights, never T's; J does not depend on v, so this
+    spares a double backward through T. J is d vector-Jacobian products: T treats the samples
+    independently, so the gradient of the batch sum of output j holds each sample's row j.
+    """
+    with torch.enable_grad():
+        x0 = x.detach().requires_grad_(True)
+        y = G(x0, z)
+        rows = [torch.autograd.grad(y[:, j].sum(), x0, retain_graph=j + 1 < y.shape[1])[0]
+                for j in range(y.shape[1])]
+    jacobian = torch.stack(rows, 1)
+    return y.detach() + (jacobian @ (x - x.detach()).unsqueeze(2)).squeeze(2)
 
 
 def potential_step(G, D, opt_D, loss, real, x, z, y_ref, cost_scale, r1_weight=0.0, gp_weight=0.0,
-                   D_eager=None, autocast=nullcontext()):
-    """One optimizer step of D on the potential loss (+ r1_weight * R1 or gp_weight * GP).
+                   source_weight=0.0, D_eager=None, autocast=nullcontext()):
+    """One optimizer step of D on the potential loss (+ r1_weight * R1, gp_weight * GP, or
+    source_weight * the toy regulariser E ||grad_x v(T(x, z))||^2, taken w.r.t. the source).
 
     `y_ref` is the reference the cost measures T(x, z) against (x itself, or T_ref(x, z')),
     None when `loss.potential_uses_cost` is False. Returns the detached loss, the penalty,
@@ -24,11 +43,15 @@ def potential_step(G, D, opt_D, loss, real, x, z, y_ref, cost_scale, r1_weight=0
     D_eager = D if D_eager is None else D_eager
     real = real.detach().requires_grad_(r1_weight > 0)
     with autocast:
-        with torch.no_grad():
-            fake = G(x, z)
+        if source_weight > 0:
+            x = x.detach().requires_grad_(True)
+            fake = linearized_map(G, x, z)
+        else:
+            with torch.no_grad():
+                fake = G(x, z)
         v_real = (D_eager if r1_weight > 0 else D)(real).float()
-        v_fake = D(fake).float()
-        cost = quadratic_cost(y_ref.float(), fake.float(), cost_scale) if y_ref is not None else None
+        v_fake = (D_eager if source_weight > 0 else D)(fake).float()
+        cost = quadratic_cost(y_ref.float(), fake.detach().float(), cost_scale) if y_ref is not None else None
         value = loss.potential(v_fake, v_real, cost)
         if r1_weight > 0:
             penalty = r1_penalty(v_real, real)
@@ -36,6 +59,9 @@ def potential_step(G, D, opt_D, loss, real, x, z, y_ref, cost_scale, r1_weight=0
         elif gp_weight > 0:
             penalty = interpolate_gradient_penalty(D_eager, real.detach(), fake)
             total = value + gp_weight * penalty
+        elif source_weight > 0:
+            penalty = source_gradient_penalty(v_fake, x)
+            total = value + source_weight * penalty
         else:
             penalty, total = torch.zeros((), device=real.device), value
     opt_D.zero_grad(set_to_none=True)
