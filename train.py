@@ -29,7 +29,7 @@ from datasets_prep import translation
 from score_sde import (add_model_args, build_generator, build_potential, count_parameters, initial_reference,
                        source_shape)
 from uot import dist as udist
-from uot.cli import ArgumentParser, check_non_negative, check_phi, check_positive
+from uot.cli import ArgumentParser, Refused, check_non_negative, check_phi, check_positive
 from uot.errors import UsageError, exit_on_usage_error
 from uot.io import atomic_torch_save, atomic_write_json, read_checkpoint
 from uot.losses import PAIRINGS, GANLoss, JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale
@@ -40,6 +40,19 @@ from uot.state import TrainState, check_compatible, load_rng_state_dict, rng_sta
 from uot.steps import map_step, potential_step
 from utils import ScaledPhi, select_phi  # utils: where users register their own Psi*
 
+# Flags of the public train.py that have no counterpart here: each stops with what it did there
+# and what to write instead (docs/reference.md lists every public flag whose meaning differs).
+PUBLIC_FLAGS_REFUSED = {
+    "--cost": "the public S-JKO train.py declares it but never reads it: its cost is always the squared "
+              "distance (w2), as here; drop it",
+    "--init_noise": "the public train_JSD.py declares it but never reads it: the data noise is 1/(32 (k + 1)) "
+                    "in phase k there and here (--no_data_noise turns it off); drop it",
+    "--uniform_quantization": "the public train_JSD.py declares it but never reads it; drop it",
+    "--fid": "in the public S-JKO train.py it is store_false: passing it turns FID during training off; here "
+             "FID during training is off unless --fid_every N; drop it",
+}
+# --use_ema before the mode is known: the two public codes give it opposite meanings (resolve_args)
+USE_EMA_AS_PUBLISHED = "as published"
 SJKO_FLAGS = ("num_phase", "init_h", "h", "init_num_iterations", "num_iterations")
 TRAIN_TOYS = TOYS_2D + tuple(TOY_TRANSLATIONS)   # the 2-D datasets: --model_name toy
 DATASET_NAMES = IMAGE_DATASETS + TRAIN_TOYS
@@ -100,9 +113,12 @@ def add_training_args(p):
     opt.add_argument("--schedule", type=int, default=1800, help="UOTM mode: cosine LR period in epochs")
     opt.add_argument("--no_lr_decay", action="store_true", help="UOTM mode: constant learning rates")
     opt.add_argument("--eta_min", type=float, default=None, help="cosine LR floor; mode: 1e-5 UOTM, 5e-5 S-JKO")
-    opt.add_argument("--use_ema", dest="use_ema", action="store_true", default=None,
-                     help="keep an EMA of G; mode: on for UOTM, off for S-JKO unless given")
-    opt.add_argument("--no_use_ema", dest="use_ema", action="store_false")
+    opt.add_argument("--ema", dest="use_ema", action="store_true", default=None,
+                     help="keep an EMA of G, in either mode; mode: on for UOTM, off for S-JKO")
+    opt.add_argument("--no_ema", "--no_use_ema", dest="use_ema", action="store_false", help="no EMA of G")
+    opt.add_argument("--use_ema", dest="use_ema", action="store_const", const=USE_EMA_AS_PUBLISHED,
+                     help="S-JKO mode: --ema (the S-JKO code's store_true); refused in UOTM mode, where the UOTM "
+                          "code's --use_ema is store_false and turns the EMA off")
     opt.add_argument("--ema_decay", type=float, default=0.9999)
     opt.add_argument("--tau", type=float, default=1e-3, help="UOTM mode: cost c = tau * ||x - y||^2")
     opt.add_argument("--phi1", default=None, help="Psi1* (source marginal); mode: kl UOTM, linear S-JKO")
@@ -118,6 +134,8 @@ def add_training_args(p):
     opt.add_argument("--lmbda", type=float, default=None,
                      help="weight of --reg_name's penalty (the S-JKO CLI's name: with r1, the same as --r1_gamma; "
                           "gp: default 10)")
+    opt.add_argument("--clip", type=float, default=0.0,
+                     help="clip the potential's gradient to this norm before its step, as the S-JKO code does (0: off)")
     opt.add_argument("--r1_every", "--lazy_reg", dest="r1_every", type=int, default=1,
                      help="lazy R1: every k potential steps, scaled by k (1: every step, as published)")
     jko = p.add_argument_group("S-JKO (giving any of the first five selects the S-JKO mode)")
@@ -136,13 +154,17 @@ def add_training_args(p):
 
 def add_output_args(p):
     out = p.add_argument_group("outputs (counted in epochs for UOTM, iterations for S-JKO) and speed")
-    out.add_argument("--log_every", type=int, default=100, help="iterations between stats.jsonl lines")
+    out.add_argument("--log_every", "--print_every", type=int, default=100,
+                     help="iterations between stats.jsonl lines (--print_every: the public codes' name)")
+    for flag, reason in PUBLIC_FLAGS_REFUSED.items():
+        out.add_argument(flag, action=Refused, reason=reason)
     out.add_argument("--save_image_every", type=int, default=None, help="mode: 10 epochs UOTM, 2000 iterations S-JKO")
     out.add_argument("--save_content_every", type=int, default=None, help="mode: 10 epochs, 2000 iterations")
     out.add_argument("--save_ckpt_every", type=int, default=None, help="mode: 100 epochs, 10000 iterations")
     out.add_argument("--fid_every", type=int, default=0, help="FID of the EMA generator (0: never)")
     out.add_argument("--fid_samples", type=int, default=5000)
-    out.add_argument("--fid_ref_stats", default=None, help="reference statistics .npz for --fid_every")
+    out.add_argument("--fid_ref_stats", default=None,
+                     help="reference statistics for --fid_every: an npz, or a public repository's *_stat.npy")
     out.add_argument("--inception_weights", default=None,
                      help="local FID Inception weights for --fid_every (default: the torch hub cache)")
     out.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast")
@@ -173,6 +195,12 @@ def resolve_args(args, world):
     args.image_size = (args.image_size or 2) if args.toy else default_image_size(args.dataset, args.image_size)
     args.loss = args.loss or ("jsd" if args.sjko and args.phi2 is None else "uot")
     args.mode = "uotm" if not args.sjko else "sjko_jsd" if args.loss == "jsd" else "sjko"
+    if args.use_ema == USE_EMA_AS_PUBLISHED:
+        if args.mode == "uotm":
+            raise UsageError("--use_ema in UOTM mode: the public UOTM train.py declares it store_false, so there it "
+                             "turns the EMA off; here the EMA is on by default: drop --use_ema to keep it, or write "
+                             "--no_ema to turn it off")
+        args.use_ema = True
     for key, value in MODE_DEFAULTS[args.mode].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -191,7 +219,7 @@ def resolve_args(args, world):
         check_positive(args, "num_threads")
     if args.sjko:
         check_positive(args, "h", "init_h", "num_phase", "init_num_iterations", "num_iterations")
-    check_non_negative(args, "lmbda", "fid_every", *(["r1_gamma"] if args.reg_name == "r1" else []))
+    check_non_negative(args, "lmbda", "fid_every", "clip", *(["r1_gamma"] if args.reg_name == "r1" else []))
     if not args.ema_decay < 1:
         raise UsageError(f"--ema_decay must be in (0, 1) (got {args.ema_decay})")
     if args.loss_scheduler != "none" and not 0 < args.alpha_min <= args.alpha_max:
@@ -204,8 +232,9 @@ def resolve_args(args, world):
                          f"dataset; drop --fid_every (the public code computes no FID for it either)")
     if args.fid_every and not args.fid_ref_stats:
         raise UsageError("--fid_every needs --fid_ref_stats FILE.npz (make one with test.py --compute_stats)")
-    if args.fid_ref_stats and not os.path.isfile(args.fid_ref_stats):
-        raise UsageError(f"--fid_ref_stats {args.fid_ref_stats}: no such file")
+    if args.fid_ref_stats:   # read now: a file it cannot use fails before training, not at the first FID
+        from uot.fid import load_stats
+        load_stats(args.fid_ref_stats)
     return args
 
 
@@ -360,7 +389,8 @@ def iteration(run, ps, real, sources=None):
     loss_D, penalty, v_real, v_fake = potential_step(
         run.G_fast, run.D_fast, state.opt_D, ps.loss, real, x, z, y_ref, ps.cost_scale,
         r1_weight=0.5 * args.r1_gamma * args.r1_every if r1 else 0.0,
-        gp_weight=args.lmbda if args.reg_name == "gp" else 0.0, D_eager=state.D, autocast=run.autocast)
+        gp_weight=args.lmbda if args.reg_name == "gp" else 0.0, clip=args.clip, D_eager=state.D,
+        autocast=run.autocast)
     x, z = source_batch()
     with torch.no_grad(), run.autocast:
         y_ref = ps.reference(x)

@@ -7,7 +7,7 @@
     small       decoded once and held in memory (on the GPU under --data_on_device auto)
     flip        random horizontal flips in training (the public code flips these)
 
-MNIST is trained at 32 px, as the public UOTM code resizes it. The 2-D toy datasets of
+MNIST and EMNIST are trained at 32 px, as the public codes resize them. The 2-D toy datasets of
 train.py are in datasets_prep.toy.
 """
 from dataclasses import dataclass
@@ -29,9 +29,11 @@ DATASETS = {
     "digits": DatasetInfo(1, 8, ("train",), small=True, flip=False),
     "digits+outliers": DatasetInfo(1, 8, ("train",), small=True, flip=False),
     "mnist": DatasetInfo(1, 32, ("train", "test"), small=True, flip=False),
+    "emnist": DatasetInfo(1, 32, ("train", "test"), small=True, flip=False),
     "cifar10": DatasetInfo(3, 32, ("train", "test"), small=True, flip=True),
     "cifar10+mnist": DatasetInfo(3, 32, ("train",), small=True, flip=True),
     "celeba_256": DatasetInfo(3, 256, ("train", "val", "test"), small=False, flip=True),
+    "celeba64": DatasetInfo(3, 64, ("train",), small=False, flip=True),
     "lsun": DatasetInfo(3, 256, ("train", "val"), small=False, flip=True),
     "imagefolder": DatasetInfo(3, None, ("train",), small=False, flip=False),
     # translations (datasets_prep.translation): the target's facts, which the source shares

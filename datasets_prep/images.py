@@ -2,7 +2,7 @@
 
 No normalisation and no flips here: the trainer scales to [-1, 1] and flips on the device.
 Small sets (catalog.DATASETS[...].small) are decoded and resized once into a
-`TensorImageDataset`; large ones (celeba_256, lsun, imagefolder) decode lazily, so a
+`TensorImageDataset`; large ones (celeba_256, celeba64, lsun, imagefolder) decode lazily, so a
 corrupt file is reported by name when it is first read (check_dataset.py reads them all).
 
 Splits (catalog.DATASETS): for imagefolder, the folder is the split;
@@ -19,7 +19,8 @@ import socket
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import CIFAR10, MNIST
+import torchvision.transforms.functional as TF
+from torchvision.datasets import CIFAR10, EMNIST, MNIST
 from tqdm import tqdm
 
 from datasets_prep.catalog import dataset_info
@@ -40,6 +41,9 @@ CELEBA_PARTITION = "list_eval_partition.txt"
 CELEBA_PARTITION_IDS = {"train": 0, "val": 1, "test": 2}
 CELEBA_HQ_FOLDERS = ("CelebA-HQ-img", "data256x256")  # CelebAMask-HQ's folder, the 256px zip's
 NVAE_LMDBS = {"train": "train.lmdb", "val": "validation.lmdb"}
+# celeba64: the public S-JKO code center-crops the 178 x 218 aligned CelebA images to 140 x 140
+# (the face) before resizing them
+CELEBA64_CROP = 140
 DOWNLOAD_SOCKET_TIMEOUT = 60  # seconds; without one, a download behind a firewall hangs
 
 
@@ -57,16 +61,19 @@ class TensorImageDataset(Dataset):
 
 
 class ImageFileDataset(Dataset):
-    """(uint8 3 x size x size, 0) for each image file, resized and center-cropped."""
+    """(uint8 3 x size x size, 0) for each image file, resized and center-cropped; with `crop`,
+    first center-cropped to crop x crop (padded with black where the image is smaller)."""
 
-    def __init__(self, paths, image_size):
-        self.paths, self.image_size = paths, image_size
+    def __init__(self, paths, image_size, crop=None):
+        self.paths, self.image_size, self.crop = paths, image_size, crop
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
         img = decode_image(self.paths[index], self.paths[index])
+        if self.crop is not None:
+            img = TF.center_crop(img, [self.crop, self.crop])
         return pil_to_uint8(resize_center_crop(img, self.image_size)), 0
 
 
@@ -86,10 +93,13 @@ def build_image_dataset(name, root, image_size, split="train", download=True):
         return _digits(image_size, NUM_DIGIT_OUTLIERS)
     if not root:
         raise UsageError(f"--dataset {name} needs --datadir, the folder that holds (or will hold) the data")
-    if name in ("celeba_256", "lsun", "imagefolder") and not os.path.isdir(root):
+    if name in ("celeba_256", "celeba64", "lsun", "imagefolder") and not os.path.isdir(root):
         raise UsageError(f"--datadir {root} does not exist; give the folder that holds the {name} data")
     if name == "mnist":
         images, labels = _mnist(root, split == "train", download)
+        return TensorImageDataset(resize_square(images, image_size), labels)
+    if name == "emnist":
+        images, labels = _emnist_letters(root, split == "train", download)
         return TensorImageDataset(resize_square(images, image_size), labels)
     if name == "cifar10":
         images, labels = _cifar10(root, split == "train", download)
@@ -104,6 +114,8 @@ def build_image_dataset(name, root, image_size, split="train", download=True):
         return _celeba(root, image_size, split)
     if name == "lsun":
         return _lsun(root, image_size, split)
+    if name == "celeba64":
+        return ImageFileDataset(list_image_files(root), image_size, crop=CELEBA64_CROP)
     return ImageFileDataset(list_image_files(root), image_size)
 
 
@@ -153,11 +165,11 @@ def _socket_timeout(seconds):
         socket.setdefaulttimeout(previous)
 
 
-def _torchvision(dataset_class, root, train, download, what_to_place):
+def _torchvision(dataset_class, root, train, download, what_to_place, **options):
     """Build a torchvision dataset; turn 'not found' and failed downloads into a UsageError."""
     try:
         with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT):
-            return dataset_class(root, train=train, download=download)
+            return dataset_class(root, train=train, download=download, **options)
     except (RuntimeError, OSError) as err:  # torchvision's "not found or corrupted"; URLError
         lines = str(err).strip().splitlines() or [type(err).__name__]
         why = f"the download failed ({lines[0]})" if download else "download is off"
@@ -171,6 +183,17 @@ def _mnist(root, train, download):
              f"{os.path.join(root, 'MNIST', 'raw')}")
     mnist = _torchvision(MNIST, root, train, download, place)
     return mnist.data[:, None], mnist.targets.long()
+
+
+def _emnist_letters(root, train, download):
+    """EMNIST's 'letters' split (labels 1-26), transposed as EMNIST stores its images and
+    torchvision reads them: the images the public S-JKO code trains on."""
+    raw = os.path.join(root, "EMNIST", "raw")
+    place = (f"emnist-letters-train-images-idx3-ubyte, emnist-letters-train-labels-idx1-ubyte, "
+             f"emnist-letters-test-images-idx3-ubyte and emnist-letters-test-labels-idx1-ubyte (unpacked from "
+             f"EMNIST's gzip.zip) in {raw}")
+    letters = _torchvision(EMNIST, root, train, download, place, split="letters")
+    return letters.data[:, None], letters.targets.long()
 
 
 def _cifar10(root, train, download):

@@ -139,7 +139,7 @@ def sync(device):
 
 def train_args(config_flags, settings, batch_size, device):
     """train.py's args for one variant, through its own parser and validation."""
-    argv = shlex.split(config_flags) + ["--device", device.type, "--amp", settings["amp"], "--use_ema",
+    argv = shlex.split(config_flags) + ["--device", device.type, "--amp", settings["amp"], "--ema",
                                         "--r1_every", str(settings["r1_every"])]
     argv += ["--channels_last"] * settings["channels_last"] + ["--compile"] * settings["compile"]
     if batch_size:

@@ -43,7 +43,7 @@ EPOCHS, SAVE_EVERY = 12, 2
 ITERS_PER_EPOCH = 1797 // 32
 COMMON = ("--dataset digits --image_size 8 --num_channels_dae 16 --ch_mult 1 2 --num_res_blocks 1 "
           "--attn_resolutions 4 --n_mlp 2 --z_emb_dim 64 --nz 16 --ngf 8 --batch_size 32 "
-          "--use_ema --ema_decay 0.99 --log_every 100")
+          "--ema --ema_decay 0.99 --log_every 100")
 
 # UOTM's tau weighs a cost summed over pixels: the published 1e-3 at CIFAR-10's d = 3072 is
 # tau d = 3.07 per unit of mean squared pixel distance. The same weight at the digits' d = 64

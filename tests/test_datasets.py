@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchvision.datasets.cifar
 import torchvision.datasets.mnist
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from datasets_prep import DATASETS, OUTLIER_LABEL, as_uint8_tensor, build_image_dataset, dataset_info
@@ -52,15 +53,31 @@ def write_idx(path, array):
         f.write(array.astype(np.uint8).tobytes())
 
 
+def write_idx_images(raw, prefix, values, spot, labels):
+    """<prefix>-images-idx3-ubyte, 28 x 28 images: image i filled with values[i], with the pixel
+    (spot[0], spot[1]) = spot[2]; and <prefix>-labels-idx1-ubyte with `labels`."""
+    images = np.repeat(np.asarray(values)[:, None, None], 28 * 28, axis=1).reshape(len(values), 28, 28)
+    images[:, spot[0], spot[1]] = spot[2]
+    write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+    write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.asarray(labels))
+
+
 def fake_mnist(root, num_train=5, num_test=2):
     """MNIST/raw with the four idx files; image i is filled with value 10 * i + 1, pixel (3, 4) = 200."""
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for prefix, n in (("train", num_train), ("t10k", num_test)):
-        images = np.repeat((10 * np.arange(n) + 1)[:, None, None], 28 * 28, axis=1).reshape(n, 28, 28)
-        images[:, 3, 4] = 200
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+        write_idx_images(raw, prefix, 10 * np.arange(n) + 1, (3, 4, 200), np.arange(n) % 10)
+    return raw
+
+
+def fake_emnist_letters(root, num_train=4, num_test=3):
+    """EMNIST/raw with the four idx files of the letters split; image i is filled with
+    20 * i + 5, pixel (2, 9) = 250, label i + 1 (letters are labelled 1-26)."""
+    raw = root / "EMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for part, n in (("train", num_train), ("test", num_test)):
+        write_idx_images(raw, f"emnist-letters-{part}", 20 * np.arange(n) + 5, (2, 9, 250), np.arange(n) % 26 + 1)
     return raw
 
 
@@ -158,6 +175,61 @@ def test_mnist_reads_the_raw_idx_files(tmp_path, offline):
     assert small.shape == (1, 16, 16) and small[0, 10, 10] == 21  # a flat area keeps its value
 
 
+def test_emnist_reads_the_letters_split_through_torchvision(tmp_path, offline):
+    raw = fake_emnist_letters(tmp_path)
+    train = build_image_dataset("emnist", str(tmp_path), 28, download=False)
+    test = build_image_dataset("emnist", str(tmp_path), 28, split="test", download=False)
+    assert len(train) == 4 and len(test) == 3 and dataset_info("emnist").channels == 1
+    image, label = train[2]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and label == 3
+    # as EMNIST stores it and torchvision reads it (the public code's images): not transposed
+    assert image[0, 2, 9] == 250 and image[0, 9, 2] == 45 and test[1][0][0, 0, 0] == 25
+    # at the default 32 px, the public transform: torchvision's Resize(32) of the PIL image
+    size = dataset_info("emnist").image_size
+    resized = build_image_dataset("emnist", str(tmp_path), size, download=False)[2][0]
+    public = TF.pil_to_tensor(TF.resize(Image.fromarray(image[0].numpy()), size))
+    assert size == 32 and (resized.int() - public.int()).abs().max() <= 1
+    (raw / "emnist-letters-test-labels-idx1-ubyte").unlink()
+    message = one_line_usage_error(lambda: build_image_dataset("emnist", str(tmp_path), 32, split="test",
+                                                               download=False))
+    assert "emnist-letters-test-labels-idx1-ubyte" in message and str(raw) in message
+
+
+def test_celeba64_crops_140_then_resizes_as_the_public_code(tmp_path):
+    """The public S-JKO code reads celeba64 with torchvision's ImageFolder (the aligned images in
+    a subfolder) through CenterCrop(140) then Resize(64); the same images and pixels here."""
+    root = tmp_path / "aligned_celeba"
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (218, 178, 3), dtype=np.uint8) for _ in range(2)]
+    (root / "img_align_celeba").mkdir(parents=True)
+    for i, array in enumerate(arrays):
+        Image.fromarray(array).save(root / "img_align_celeba" / f"{i + 1:06d}.png")
+    dataset = build_image_dataset("celeba64", str(root), dataset_info("celeba64").image_size)
+    public = torchvision.datasets.ImageFolder(str(root), transform=torchvision.transforms.Compose(
+        [torchvision.transforms.CenterCrop(140), torchvision.transforms.Resize(64), TF.pil_to_tensor]))
+    assert len(dataset) == len(public) == 2 and dataset_info("celeba64").flip
+    for i in range(2):
+        assert dataset[i][0].shape == (3, 64, 64) and torch.equal(dataset[i][0], public[i][0])
+    assert "--datadir" in one_line_usage_error(lambda: build_image_dataset("celeba64", str(tmp_path / "no"), 64))
+
+
+def test_emnist2mnist_maps_emnist_letters_to_mnist(tmp_path, offline):
+    # the source's splits are the emnist dataset's; the dataset's own data is MNIST, its target
+    from datasets_prep.translation import source_images
+    fake_emnist_letters(tmp_path)
+    fake_mnist(tmp_path)
+    size = dataset_info("emnist2mnist").image_size
+    assert size == 32 and dataset_info("emnist2mnist").channels == 1 and not dataset_info("emnist2mnist").flip
+    for split in ("train", "test"):
+        letters = build_image_dataset("emnist", str(tmp_path), size, split, download=False)
+        source = source_images("emnist2mnist", str(tmp_path), size, split, download=False)
+        assert torch.equal(source.images, letters.images) and torch.equal(source.labels, letters.labels)
+        digits = build_image_dataset("mnist", str(tmp_path), size, split, download=False)
+        assert torch.equal(build_image_dataset("emnist2mnist", str(tmp_path), size, split, download=False).images,
+                           digits.images)
+    assert len(source_images("emnist2mnist", str(tmp_path), size, "train", download=False)) == 4
+
+
 def test_cifar10_reads_the_python_batches(tmp_path, skip_cifar_md5, offline):
     fake_cifar(tmp_path, per_batch=2)
     train = build_image_dataset("cifar10", str(tmp_path), 32, download=False)
@@ -223,6 +295,14 @@ def test_bad_names_splits_and_sizes():
     assert "test" in one_line_usage_error(lambda: build_image_dataset("digits", None, 8, split="test"))
     assert "--image_size" in one_line_usage_error(lambda: build_image_dataset("digits", None, 0))
     assert "--datadir" in one_line_usage_error(lambda: build_image_dataset("mnist", None, 28))
+
+
+@pytest.mark.parametrize("flags", [["--dataset", "celeba"], ["--dataset", "swissroll", "--model_name", "toy"]])
+def test_an_unknown_dataset_lists_every_name(flags):
+    import train
+    from datasets_prep.toy import TOYS_2D
+    message = one_line_usage_error(lambda: train.resolve_args(train.build_parser().parse_args(flags), 1))
+    assert f"--dataset {flags[1]}" in message and all(name in message for name in (*DATASETS, *TOYS_2D))
 
 
 # ----------------------------------------------------------------------------- image folders

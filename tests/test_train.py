@@ -176,8 +176,8 @@ def test_fid_every_logs_the_fid_of_the_ema_generator(tmp_path, torch_home, monke
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ("", True), ("--use_ema", True), ("--no_use_ema", False),                 # UOTM: on unless turned off
-    ("--num_phase 2", False), ("--num_phase 2 --use_ema", True),               # S-JKO: off unless asked
+    ("", True), ("--ema", True), ("--no_use_ema", False), ("--no_ema", False),   # UOTM: on unless turned off
+    ("--num_phase 2", False), ("--num_phase 2 --use_ema", True), ("--num_phase 2 --ema", True),   # S-JKO: off
 ])
 def test_ema_default_follows_each_papers_code(flags, expected):
     args = train.resolve_args(train.build_parser().parse_args(shlex.split(flags)), 1)

@@ -12,9 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 
 TINY_IMAGE = ("--dataset digits --image_size 8 --num_channels_dae 8 --ch_mult 1 2 --num_res_blocks 1 "
-              "--attn_resolutions 4 --ngf 8 --nz 4 --z_emb_dim 16 --n_mlp 2 --batch_size 16 --log_every 1 --use_ema")
+              "--attn_resolutions 4 --ngf 8 --nz 4 --z_emb_dim 16 --n_mlp 2 --batch_size 16 --log_every 1 --ema")
 TINY_TOY = ("--dataset 8gaussian --image_size 2 --model_name toy --nz 2 --batch_size 64 --reg_name none "
-            "--log_every 1 --use_ema")   # --use_ema: S-JKO mode keeps no EMA unless asked
+            "--log_every 1 --ema")   # --ema: S-JKO mode keeps no EMA unless asked
 
 # file name of the FID Inception weights in torch hub's cache (conftest's torch_home fixture)
 INCEPTION_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"

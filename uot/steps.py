@@ -32,13 +32,14 @@ def linearized_map(G, x, z):
 
 
 def potential_step(G, D, opt_D, loss, real, x, z, y_ref, cost_scale, r1_weight=0.0, gp_weight=0.0,
-                   source_weight=0.0, D_eager=None, autocast=nullcontext()):
+                   source_weight=0.0, clip=0.0, D_eager=None, autocast=nullcontext()):
     """One optimizer step of D on the potential loss (+ r1_weight * R1, gp_weight * GP, or
     source_weight * the toy regulariser E ||grad_x v(T(x, z))||^2, taken w.r.t. the source).
 
     `y_ref` is the reference the cost measures T(x, z) against (x itself, or T_ref(x, z')),
-    None when `loss.potential_uses_cost` is False. Returns the detached loss, the penalty,
-    and the means of v on the real and the generated batch.
+    None when `loss.potential_uses_cost` is False. `clip` > 0 clips the gradient norm before
+    the step. Returns the detached loss, the penalty, and the means of v on the real and the
+    generated batch.
     """
     D_eager = D if D_eager is None else D_eager
     real = real.detach().requires_grad_(r1_weight > 0)
@@ -67,6 +68,8 @@ def potential_step(G, D, opt_D, loss, real, x, z, y_ref, cost_scale, r1_weight=0
     opt_D.zero_grad(set_to_none=True)
     total.backward()
     udist.average_gradients(D.parameters())
+    if clip > 0:   # the S-JKO code's --clip: the whole batch's gradient, penalty included, to norm <= clip
+        torch.nn.utils.clip_grad_norm_(D.parameters(), clip)
     opt_D.step()
     return value.detach(), penalty.detach(), v_real.detach().mean(), v_fake.detach().mean()
 
