@@ -33,7 +33,8 @@ from uot.cli import ArgumentParser, Refused, check_non_negative, check_phi, chec
 from uot.errors import UsageError, exit_on_usage_error
 from uot.io import atomic_torch_save, atomic_write_json, read_checkpoint
 from uot.losses import PAIRINGS, GANLoss, JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale
-from uot.monitor import DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE, Diverged, RunLog, StepStats, StopRequest
+from uot.monitor import (DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE, RANK_LOST_EXIT_CODE, Diverged, RunLog, StepStats,
+                         StopRequest)
 from uot.samples import save_image_grid, save_toy_samples
 from uot.schedule import Phase, alpha_at, cosine, data_noise_std, jko_phases, phase_at
 from uot.state import TrainState, check_compatible, load_rng_state_dict, rng_state_dict
@@ -638,6 +639,12 @@ def run_training(argv, stop):
             except Diverged as err:
                 log.log(str(err))
                 message = str(err)
+            except RuntimeError as err:   # a failed collective: name the ranks that died, if any did
+                lost = udist.lost_ranks_message(err)
+                if lost is None:
+                    raise
+                print(f"error: {lost}", file=sys.stderr, flush=True)
+                return RANK_LOST_EXIT_CODE
         if rank == 0:   # after the progress bar has ended its line
             print(f"error: {message}", file=sys.stderr, flush=True)
         return DIVERGED_EXIT_CODE

@@ -427,3 +427,60 @@ def test_sigterm_to_every_rank_saves_once_and_every_rank_exits_75(tmp_path):
     assert codes == [train.PREEMPTED_EXIT_CODE] * 2, (tmp_path / "rank0.txt").read_text()[-2000:]
     step = load_checkpoint(run_dir / "content.pth")["step"]
     assert step % 10 == 0 and step == stats_steps(run_dir)[-1]   # ranks agree on stopping every 10 steps
+
+
+# A rank killed with SIGKILL (no exception, no cleanup), under torchrun: at a chosen save of
+# content.pth between its temporary file and the rename (uot.io's UOT_KILL_BEFORE_RENAME), and
+# at a random iteration. 60 iterations of the toy, content.pth every 5.
+FAULT_RUN = TINY_TOY + SJKO + "60 --save_content_every 5 --save_image_every 1000 --save_ckpt_every 1000"
+
+
+def torchrun_pair(tmp_path, exp, log_name, *flags, **env):
+    """Both ranks of FAULT_RUN under torchrun (through FAIL_ON_RANK); returns the exit code, the
+    seconds it took and what the ranks and torchrun wrote on stderr."""
+    env = dict(dict(FAIL_RANK="-1", FAIL_AT="0"), **env)
+    began = time.time()
+    proc = start(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", FAIL_ON_RANK]
+                 + argv(FAULT_RUN + " " + " ".join(flags), tmp_path, exp), tmp_path / log_name, **env)
+    try:
+        code = proc.wait(timeout=240)
+    finally:
+        proc.kill()
+    return code, time.time() - began, (tmp_path / log_name).read_text()
+
+
+def assert_no_half_written_file(run_dir):
+    """Every file the run writes whole is whole: the checkpoint loads, the JSON files parse."""
+    assert_finite_checkpoint(load_checkpoint(run_dir / "content.pth"))
+    json.loads((run_dir / "options.json").read_text())
+    assert stats_steps(run_dir) == list(range(1, len(stats_steps(run_dir)) + 1))
+
+
+def test_sigkill_of_a_rank_mid_save_and_mid_run_stops_the_survivor_and_resume_auto_is_bit_exact(tmp_path):
+    code, _, err = torchrun_pair(tmp_path, "straight", "straight.txt")
+    assert code == 0, err[-3000:]
+    run_dir = tmp_path / "8gaussian" / "faulty"
+
+    # rank 0 dies inside its second write of content.pth (step 10): the survivor names it
+    code, seconds, err = torchrun_pair(tmp_path, "faulty", "mid_save.txt", UOT_KILL_BEFORE_RENAME="content.pth:2")
+    assert code != 0 and "rank 1: rank 0 stopped" in err, err[-3000:]
+    assert load_checkpoint(run_dir / "content.pth")["step"] == 5     # the previous checkpoint, whole
+    assert_no_half_written_file(run_dir)
+
+    # resumed, then rank 1 dies at a random iteration of the resumed run
+    stamp = tmp_path / "killed_at"
+    kill_at = random.randint(1, 40)
+    code, _, err = torchrun_pair(tmp_path, "faulty", "mid_run.txt", "--resume auto", FAIL_RANK="1",
+                                 FAIL_AT=str(kill_at), FAIL_KILL="1", FAIL_STAMP=str(stamp))
+    stopped = time.time() - float(stamp.read_text())
+    assert code != 0 and "rank 0: rank 1 stopped" in err, err[-3000:]
+    assert stopped < 30, f"the survivor took {stopped:.0f} s to stop"   # --dist_timeout is the bound: 600
+    assert load_checkpoint(run_dir / "content.pth")["step"] == 5 + (kill_at - 1) // 5 * 5
+    assert_no_half_written_file(run_dir)
+
+    code, _, err = torchrun_pair(tmp_path, "faulty", "resumed.txt", "--resume auto")
+    assert code == 0, err[-3000:]
+    assert_same_weights(load_checkpoint(tmp_path / "8gaussian" / "straight" / "content.pth"),
+                        load_checkpoint(run_dir / "content.pth"))
+    assert stats_steps(run_dir) == list(range(1, 61))
+    assert not list(run_dir.glob(".tmp-*"))

@@ -8,9 +8,17 @@ step keeps every rank's parameters bit-identical.
 """
 import datetime
 import os
+import re
+import threading
+import time
 
 import torch
 import torch.distributed as dist
+
+# Every rank bumps its counter in the rendezvous store this often, from a thread: after a failed
+# collective, the ranks whose counter stopped are the dead ones (lost_ranks_message)
+HEARTBEAT_S = 1.0
+_heartbeat = None
 
 
 def init_distributed(device_kind, timeout_s=600):
@@ -23,7 +31,57 @@ def init_distributed(device_kind, timeout_s=600):
         torch.cuda.set_device(local_rank)
     backend = "nccl" if device_kind == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    _start_heartbeat(rank)
     return rank, world, local_rank
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, rank):
+        super().__init__(daemon=True, name="uot-heartbeat")
+        # the default store is torchrun's agent store (or rank 0's without torchrun); no public getter
+        self.store = dist.PrefixStore("uot/heartbeat/", dist.distributed_c10d._get_default_store())
+        self.key, self.stopped = str(rank), threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(HEARTBEAT_S):
+            try:
+                self.store.add(self.key, 1)
+            except Exception:   # the store is gone: the job is ending
+                return
+
+    def counters(self, world):
+        return [self.store.add(str(r), 0) for r in range(world)]
+
+
+def _start_heartbeat(rank):
+    global _heartbeat
+    _heartbeat = _Heartbeat(rank)
+    _heartbeat.store.add(_heartbeat.key, 1)
+    _heartbeat.start()
+
+
+def lost_ranks_message(err):
+    """After `err` in a collective: one line naming the ranks that stopped beating, or None when
+    every rank is alive (then `err` is not a lost peer). Waits a few heartbeats to tell."""
+    if _heartbeat is None:
+        return None
+    me, world = rank(), world_size()
+    try:
+        before = _heartbeat.counters(world)
+        time.sleep(3 * HEARTBEAT_S)
+        after = _heartbeat.counters(world)
+    except Exception:   # without torchrun rank 0 hosts the store: its loss takes the store along
+        lost = "rank 0 (it hosted the rendezvous store, which is gone)"
+    else:
+        dead = [r for r in range(world) if r != me and after[r] == before[r]]
+        if not dead:
+            return None
+        lost = f"rank{'s' if len(dead) > 1 else ''} {', '.join(map(str, dead))}"
+    # gloo's first sentence without its source location: "Connection closed by peer [host]:port"
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", (str(err).strip().splitlines() or [type(err).__name__])[0])
+    return (f"rank {me}: {lost} stopped (killed, out of memory, or its node failed), and a collective failed "
+            f"({reason.split('. ')[0][:160]}); the last checkpoint is whole: run the same command with "
+            f"--resume auto")
 
 
 def is_distributed():
@@ -87,5 +145,9 @@ def all_gather_tensor(tensor):
 
 
 def cleanup():
+    global _heartbeat
+    if _heartbeat is not None:
+        _heartbeat.stopped.set()
+        _heartbeat = None
     if is_distributed():
         dist.destroy_process_group()

@@ -1,4 +1,5 @@
-"""train.py with an injected crash: rank FAIL_RANK raises in its FAIL_AT-th iteration.
+"""train.py with an injected crash: rank FAIL_RANK raises in its FAIL_AT-th iteration (or, with
+FAIL_KILL=1, kills itself with SIGKILL there: no exception, no cleanup, as the OOM killer does).
 
     FAIL_RANK=1 FAIL_AT=3 python -m torch.distributed.run --standalone --nproc_per_node 2 \
         tests/helpers/fail_on_rank.py <train.py flags>
@@ -7,6 +8,7 @@ FAIL_STAMP names a file that gets the time of the failure; FAIL_RANK=-1 never fa
 tests/test_reliability.py uses it to check that the other ranks do not hang.
 """
 import os
+import signal
 import sys
 import time
 
@@ -26,6 +28,8 @@ def main():
             if "FAIL_STAMP" in os.environ:
                 with open(os.environ["FAIL_STAMP"], "w") as f:
                     f.write(repr(time.time()))
+            if os.environ.get("FAIL_KILL") == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected failure on rank {fail_rank} at iteration {fail_at}")
         return map_step(*args, **kwargs)
 
