@@ -173,6 +173,16 @@ def test_mnist_reads_the_raw_idx_files(tmp_path, offline):
     assert image[0, 3, 4] == 200 and image[0, 0, 0] == 31
     small = build_image_dataset("mnist", str(tmp_path), 16, download=False)[2][0]
     assert small.shape == (1, 16, 16) and small[0, 10, 10] == 21  # a flat area keeps its value
+    assert_resized_as_the_public_code("mnist", tmp_path, image)
+
+
+def assert_resized_as_the_public_code(name, root, native):
+    """At the dataset's default size, item 3 is torchvision's Resize(size) of the native grey
+    image, the public transform (to within one grey level: a uint8 tensor resize, not PIL's)."""
+    size = dataset_info(name).image_size
+    resized = build_image_dataset(name, str(root), size, download=False)[3][0]
+    public = TF.pil_to_tensor(TF.resize(Image.fromarray(native[0].numpy()), size))
+    assert size == 32 and resized.shape == (1, 32, 32) and (resized.int() - public.int()).abs().max() <= 1
 
 
 def test_emnist_reads_the_letters_split_through_torchvision(tmp_path, offline):
@@ -180,15 +190,11 @@ def test_emnist_reads_the_letters_split_through_torchvision(tmp_path, offline):
     train = build_image_dataset("emnist", str(tmp_path), 28, download=False)
     test = build_image_dataset("emnist", str(tmp_path), 28, split="test", download=False)
     assert len(train) == 4 and len(test) == 3 and dataset_info("emnist").channels == 1
-    image, label = train[2]
-    assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and label == 3
+    image, label = train[3]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.uint8 and label == 4
     # as EMNIST stores it and torchvision reads it (the public code's images): not transposed
-    assert image[0, 2, 9] == 250 and image[0, 9, 2] == 45 and test[1][0][0, 0, 0] == 25
-    # at the default 32 px, the public transform: torchvision's Resize(32) of the PIL image
-    size = dataset_info("emnist").image_size
-    resized = build_image_dataset("emnist", str(tmp_path), size, download=False)[2][0]
-    public = TF.pil_to_tensor(TF.resize(Image.fromarray(image[0].numpy()), size))
-    assert size == 32 and (resized.int() - public.int()).abs().max() <= 1
+    assert image[0, 2, 9] == 250 and image[0, 9, 2] == 65 and test[1][0][0, 0, 0] == 25
+    assert_resized_as_the_public_code("emnist", tmp_path, image)
     (raw / "emnist-letters-test-labels-idx1-ubyte").unlink()
     message = one_line_usage_error(lambda: build_image_dataset("emnist", str(tmp_path), 32, split="test",
                                                                download=False))
