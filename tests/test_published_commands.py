@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 
+import numpy as np
 import pytest
 import torch
 
@@ -307,3 +308,26 @@ def test_clip_reaches_the_potential_step_of_a_run(tmp_path, monkeypatch):
     assert seen == [0.5, 0.5]
     with pytest.raises(UsageError, match="--clip must be >= 0"):
         train.resolve_args(train.build_parser().parse_args(["--clip", "-1"]), 1)
+
+
+class RunsCode:
+    """Unpickling this runs os.system(command): a statistics file that would run code."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_fid_ref_stats_takes_the_public_stat_npy_and_refuses_one_that_runs_code(tmp_path):
+    """--fid_ref_stats is read before training: the public repositories' pickled {'mu', 'sigma'}
+    dict is accepted; a pickle that would run code stops the run, and runs nothing."""
+    public = tmp_path / "cifar10_train_stat.npy"
+    np.save(public, {"mu": np.zeros(2048), "sigma": np.eye(2048)}, allow_pickle=True)
+    assert train.resolve_args(train.build_parser().parse_args(["--fid_ref_stats", str(public)]), 1)
+    marker, hostile = tmp_path / "marker", tmp_path / "hostile_stat.npy"
+    np.save(hostile, np.array(RunsCode(f"touch {marker}"), dtype=object), allow_pickle=True)
+    with pytest.raises(UsageError, match=f"^{re.escape(str(hostile))} .*refused"):
+        train.resolve_args(train.build_parser().parse_args(["--fid_ref_stats", str(hostile)]), 1)
+    assert not marker.exists()
