@@ -97,6 +97,7 @@ def build_parser():
     run.add_argument("--dry_run", action="store_true",
                      help="validate the flags, build the networks, print the resolved settings, and stop")
     add_model_args(p)
+    p.set_defaults(num_channels=None)   # the dataset's; given, it must agree (resolve_args)
     add_training_args(p)
     add_output_args(p)
     return p
@@ -192,7 +193,11 @@ def resolve_args(args, world):
     if args.dataset in translation.TRANSLATIONS and args.model_name == "otm":
         raise UsageError(f"--dataset {args.dataset} maps source images, and --model_name otm maps 3 x 8 x 8 noise; "
                          f"pick another --model_name (ncsnpp, dcgan)")
-    args.num_channels = 1 if args.toy else dataset_info(args.dataset).channels
+    channels = 1 if args.toy else dataset_info(args.dataset).channels
+    if args.num_channels not in (None, channels):
+        raise UsageError(f"--num_channels {args.num_channels}: --dataset {args.dataset} has {channels} "
+                         f"channel{'s' if channels > 1 else ''}; drop --num_channels or pass {channels}")
+    args.num_channels = channels
     args.image_size = (args.image_size or 2) if args.toy else default_image_size(args.dataset, args.image_size)
     args.loss = args.loss or ("jsd" if args.sjko and args.phi2 is None else "uot")
     args.mode = "uotm" if not args.sjko else "sjko_jsd" if args.loss == "jsd" else "sjko"
@@ -285,10 +290,9 @@ class Run:
     batch: int                 # per rank
     source_shape: tuple
     initial_reference: object  # the phase-0 reference map: x -> y_ref
-    inception: object = None   # the FID network of --fid_every, loaded at the first evaluation
+    inception: object = None   # the FID network of --fid_every (loaded before the run starts)
     source: object = None      # translations: the stream of source batches (None: N(0, I))
     source_test: object = None # translations: the source test images the saves map (images only)
-
 
 
 @dataclass
@@ -523,10 +527,8 @@ def save_samples(run, run_dir, n, log):
 
 def evaluate_fid(run, run_dir, n, log):
     """FID of the evaluation generator on --fid_samples samples (all ranks draw their share)."""
-    from uot.fid import compute_fid, load_inception
+    from uot.fid import compute_fid
     args = run.args
-    if run.inception is None:
-        run.inception = load_inception(args.inception_weights, run.device)
     fid = compute_fid(run.state.G_eval, run.source_shape, args.nz, args.fid_samples, args.fid_ref_stats,
                       run.device, seed=args.seed, inception=run.inception)
     log.record_stats(dict(step=run.state.step, fid=fid, fid_samples=args.fid_samples, time=time.time()),
@@ -591,11 +593,12 @@ def run_training(argv, stop):
         raise UsageError("--device cuda: no CUDA device is visible; use --device cpu")
 
     # Everything that can fail on user input happens before any file is written.
+    if args.dry_run:   # shapes and parameter counts only: built on the meta device, no memory, no init
+        with torch.device("meta"):
+            print(describe(args, build_generator(args), build_potential(args)))
+        return 0
     torch.manual_seed(args.seed)          # the same initial weights on every rank
     G, D = build_generator(args), build_potential(args)
-    if args.dry_run:
-        print(describe(args, G, D))
-        return 0
     run_dir = os.path.join(args.outdir, args.dataset, args.exp)
     resume = check_run_dir(run_dir, args)
     dataset = None if args.toy else build_image_dataset(args.dataset, args.datadir, args.image_size)
@@ -611,6 +614,12 @@ def run_training(argv, stop):
         if len(source[0]) < args.batch_size:
             raise UsageError(f"--batch_size {args.batch_size} is larger than the source training set "
                              f"({len(source[0])} images); lower --batch_size")
+    # --fid_every: the Inception weights are read now, so that their absence stops the run
+    # before it writes anything rather than at the first evaluation
+    inception = None
+    if args.fid_every:
+        from uot.fid import load_inception   # pytorch-fid and scipy: imported only when asked for
+        inception = load_inception(args.inception_weights, "cpu")
 
     rank, world, local_rank = udist.init_distributed(device_kind, args.dist_timeout)
     device = torch.device(device_kind, local_rank) if device_kind == "cuda" else torch.device("cpu")
@@ -626,6 +635,7 @@ def run_training(argv, stop):
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
         run = build_training(args, device, G, D, dataset, source)
+        run.inception = inception.to(device) if inception is not None else None
         torch.manual_seed(args.seed + rank)   # then a different noise stream per rank
         prepare_run_dir(run_dir, args, fresh=resume is None)
         if resume is not None:

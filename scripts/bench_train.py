@@ -42,6 +42,8 @@ import train
 from score_sde import build_generator, build_potential, count_parameters
 from uot.io import atomic_write_json
 
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.flags"), encoding="utf-8") as f:
+    DIGITS_FLAGS = f.read().strip()   # the digits configuration of the demo and the study
 # train.py flags of each benchmark configuration, and CPU-friendly timing defaults.
 CONFIGS = {
     # UOTM CIFAR-10 as published: NCSN++ 128 channels, ch_mult 1 2 2 2, batch 256 (train.py's defaults)
@@ -52,9 +54,7 @@ CONFIGS = {
                              "--batch_size 32 --tau 0.00001 --r1_gamma 5", warmup=3, iters=10, repeats=3),
     # the digits study and demo on sklearn's 8x8 digits (scripts/study_digits.py, digits_demo.sh):
     # G 0.25M, D 0.19M parameters; "digits_wide" is the wider pair of earlier demos (G 0.82M, D 0.77M)
-    "digits": dict(flags="--dataset digits --image_size 8 --num_channels_dae 16 --ch_mult 1 2 --num_res_blocks 1 "
-                         "--attn_resolutions 4 --n_mlp 2 --z_emb_dim 64 --nz 16 --ngf 8 --ema_decay 0.99 "
-                         "--batch_size 32 --tau 0.048", warmup=2, iters=20, repeats=3),
+    "digits": dict(flags=DIGITS_FLAGS, warmup=2, iters=20, repeats=3),
     "digits_wide": dict(flags="--dataset digits --image_size 8 --num_channels_dae 32 --ch_mult 1 2 --num_res_blocks 1 "
                               "--attn_resolutions 4 --n_mlp 2 --z_emb_dim 64 --nz 16 --ngf 16 --ema_decay 0.999 "
                               "--batch_size 64", warmup=2, iters=10, repeats=3),

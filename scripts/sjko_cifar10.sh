@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # S-JKO on CIFAR-10: 100 JKO steps of h = 0.1 (published FID 2.62 with kl).
-# PHI2=kl|chi|softplus_sjko (softplus_sjko is the S-JKO code's "softplus").
+# PHI2=kl|chi|softplus (in S-JKO mode softplus is the S-JKO code's 2 softplus(s) - 2 log 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NGPU=${NGPU:-4}; PHI2=${PHI2:-kl}

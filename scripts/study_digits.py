@@ -41,18 +41,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # of 56 iterations, a save every SAVE_EVERY epochs: about 150 s per run on one core.
 EPOCHS, SAVE_EVERY = 12, 2
 ITERS_PER_EPOCH = 1797 // 32
-COMMON = ("--dataset digits --image_size 8 --num_channels_dae 16 --ch_mult 1 2 --num_res_blocks 1 "
-          "--attn_resolutions 4 --n_mlp 2 --z_emb_dim 64 --nz 16 --ngf 8 --batch_size 32 "
-          "--ema --ema_decay 0.99 --log_every 100")
+# scripts/digits.flags: the digits configuration (networks, batch, EMA decay 0.99, tau 0.048),
+# read by the demo and the benchmarks too
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.flags"), encoding="utf-8") as f:
+    DIGITS_FLAGS = f.read().strip()
+COMMON = DIGITS_FLAGS + " --ema --log_every 100"
 
 # UOTM's tau weighs a cost summed over pixels: the published 1e-3 at CIFAR-10's d = 3072 is
 # tau d = 3.07 per unit of mean squared pixel distance. The same weight at the digits' d = 64
-# is tau = 0.048, the study's default; 1e-3 here would be a 48x weaker cost.
-TAU = 0.048
+# is tau = 0.048, the study's default (digits.flags); 1e-3 here would be a 48x weaker cost.
 
 
 def uotm(flags=""):
-    return (f"--num_epoch {{epochs}} --schedule {{epochs}} --save_image_every {{save_every}} --tau {TAU} "
+    return (f"--num_epoch {{epochs}} --schedule {{epochs}} --save_image_every {{save_every}} "
             f"--potential_pairing all_pairs {flags}")
 
 

@@ -324,15 +324,20 @@ def test_script_without_inception_weights_exits_with_code_2(run, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and WEIGHTS_NAME in lines[0]
 
 
-def test_script_end_to_end(run, torch_home, tmp_path):
+def test_script_end_to_end(run, torch_home, tmp_path, monkeypatch, capsys):
     common = ["--device", "cpu", "--num_workers", "0", "--batch_size", "3"]
     stats_dir = tmp_path / "stats"
+    script = load_test_script()
+
+    def in_process(args, home):   # test.py's main in this process, with TORCH_HOME=home
+        monkeypatch.setenv("TORCH_HOME", str(home))
+        script.main([str(a) for a in args])
+        return capsys.readouterr().out
 
     # 1. reference statistics computed from the folder and cached; precision/recall asked
-    result = run_script([run.dir, "--num_samples", 4, "--ref_dir", run.ref, "--stats_dir", stats_dir,
-                         "--precision_recall"] + common, torch_home)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1].startswith("FID ")
+    out = in_process([run.dir, "--num_samples", 4, "--ref_dir", run.ref, "--stats_dir", stats_dir,
+                      "--precision_recall"] + common, torch_home)
+    assert out.strip().splitlines()[-1].startswith("FID ")
     [first] = read_records(run.dir)
     assert first["checkpoint"].endswith("netG_3.pth") and first["epoch"] == 3
     assert first["num_samples"] == 4 and first["seed"] == 0
@@ -346,10 +351,9 @@ def test_script_end_to_end(run, torch_home, tmp_path):
     samples = tmp_path / "samples"
     mu, sigma = fid.load_stats(str(stats_dir / cached))
     np.save(tmp_path / "ref_stat.npy", {"mu": mu, "sigma": sigma}, allow_pickle=True)
-    result = run_script([run.dir, "--num_samples", 4, "--ref_stats", tmp_path / "ref_stat.npy",
-                         "--inception_weights", torch_home / "hub" / "checkpoints" / WEIGHTS_NAME,
-                         "--save_samples", samples] + common, torch_home=tmp_path)
-    assert result.returncode == 0, result.stderr
+    in_process([run.dir, "--num_samples", 4, "--ref_stats", tmp_path / "ref_stat.npy",
+                "--inception_weights", torch_home / "hub" / "checkpoints" / WEIGHTS_NAME,
+                "--save_samples", samples] + common, tmp_path)
     second = read_records(run.dir)[-1]
     assert len(read_records(run.dir)) == 2
     assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
@@ -357,7 +361,7 @@ def test_script_end_to_end(run, torch_home, tmp_path):
     with Image.open(samples / "000000.png") as png:
         assert png.size == (8, 8) and png.mode == "L"
 
-    # 3. torchrun, 2 ranks: uneven shares (3 reference images + 2; 2 samples + 1), one record
+    # 3. torchrun, 2 ranks (a new process each, as a user runs it): uneven shares (3 reference images + 2; 2 samples + 1), one record
     result = run_script([run.dir, "--num_samples", 3, "--ref_dir", run.ref,
                          "--stats_dir", tmp_path / "stats2"] + common, torch_home, nproc=2)
     assert result.returncode == 0, result.stderr

@@ -13,6 +13,7 @@ import torch
 
 import train
 from uot.ema import frozen_copy, update_ema
+from uot.errors import UsageError
 from uot.io import load_checkpoint
 from uot.schedule import jko_phases, phase_at
 from tiny import ROOT, TINY_IMAGE, TINY_TOY, read_jsonl, run, run_dir, torchrun
@@ -117,13 +118,18 @@ TRAIN_SCRIPTS = sorted(name for name in os.listdir(os.path.join(ROOT, "scripts")
 
 
 @pytest.mark.parametrize("script", TRAIN_SCRIPTS)
-def test_experiment_scripts_run_as_written(script):
-    # LAUNCH replaces torchrun by one process: the flags are checked and the networks built
-    env = dict(os.environ, PYTHON=sys.executable, LAUNCH=sys.executable, OMP_NUM_THREADS="1")
+def test_experiment_scripts_run_as_written(script, capsys):
+    """bash runs the script as written, with its launcher (PYTHON, or LAUNCH for torchrun)
+    replaced by printf, which prints the argv it would have started; train.py then checks
+    that argv and builds its networks (--dry_run) in this process."""
+    env = dict(os.environ, PYTHON="printf %s\\n", LAUNCH="printf %s\\n")
     proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), "--dry_run", "--device", "cpu"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "parameters" in proc.stdout
+    program, *flags = proc.stdout.splitlines()
+    assert program == "train.py" and flags[-3:] == ["--dry_run", "--device", "cpu"]
+    assert train.main(flags) == 0
+    assert "parameters" in capsys.readouterr().out
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
@@ -217,3 +223,29 @@ def test_the_digits_measure_does_not_move_the_runs_random_stream(tmp_path, monke
     assert os.path.isfile(tmp_path / "cache" / "digits_classifier.pt")
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
+
+
+def test_the_digits_configuration_has_one_definition():
+    """scripts/digits.flags is read by the demo, the study and the benchmarks: no copy of its
+    flags is written anywhere else in scripts/."""
+    with open(os.path.join(ROOT, "scripts", "digits.flags"), encoding="utf-8") as f:
+        flags = f.read().strip()
+    env = dict(os.environ, PYTHON="printf %s\\n")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "digits_demo.sh")], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert " ".join(proc.stdout.split()).startswith("train.py " + flags)
+    network = flags[flags.index("--num_channels_dae"):flags.index("--batch_size")]   # its network flags
+    scripts = os.path.join(ROOT, "scripts")
+    for name in (n for n in os.listdir(scripts) if n.endswith((".sh", ".py"))):
+        with open(os.path.join(scripts, name), encoding="utf-8") as f:
+            text = " ".join(f.read().replace('"', " ").split())
+        assert network not in text, name
+
+
+def test_fid_every_without_inception_weights_stops_before_writing(tmp_path):
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(UsageError, match="--inception_weights .*missing.pth: no such file"):
+        run(TINY_IMAGE + f" --num_phase 1 --init_num_iterations 2 --phi2 kl --fid_every 2 --fid_ref_stats {ref} "
+            f"--inception_weights {tmp_path / 'missing.pth'}", tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
