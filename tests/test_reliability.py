@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import socket
@@ -484,3 +485,57 @@ def test_sigkill_of_a_rank_mid_save_and_mid_run_stops_the_survivor_and_resume_au
                         load_checkpoint(run_dir / "content.pth"))
     assert stats_steps(run_dir) == list(range(1, 61))
     assert not list(run_dir.glob(".tmp-*"))
+
+
+# ----------------------------------------------------------------------------------
+# SLURM: scripts/slurm_train.sh under a stand-in srun (the task runs here, and gets the
+# signals srun forwards) and scontrol (it records a requeue)
+
+SLURM_SCRIPT = os.path.join(ROOT, "scripts", "slurm_train.sh")
+FAKE_SRUN = """#!/usr/bin/env bash
+while [[ $1 == --* ]]; do shift; done
+"$@" & task=$!
+trap 'kill -USR1 $task' USR1
+trap 'kill -TERM $task' TERM
+while kill -0 $task 2>/dev/null; do wait $task; done
+wait $task
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+if [ "$1" = show ]; then echo localhost; else echo "$@" >> "$(dirname "$0")/scontrol.log"; fi
+"""
+
+
+def test_the_slurm_script_parses():
+    assert subprocess.run(["bash", "-n", SLURM_SCRIPT], capture_output=True).returncode == 0
+
+
+def test_the_slurm_scripts_signal_stops_train_py_which_it_requeues(tmp_path):
+    text = open(SLURM_SCRIPT).read()
+    name, lead = re.search(r"^#SBATCH --signal=B:(\w+)@(\d+)$", text, re.M).groups()
+    assert 120 <= int(lead) <= 600 and re.search(r"^#SBATCH --requeue$", text, re.M)
+    assert "--resume auto" in text and f"PREEMPTED={train.PREEMPTED_EXIT_CODE}" in text
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / tool).write_text(body)
+        (bin_dir / tool).chmod(0o755)
+    env = dict(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_NNODES="1",
+               SLURM_JOB_NODELIST="localhost", GPUS_PER_NODE="2", SLURM_SUBMIT_DIR=ROOT, PYTHON=sys.executable,
+               MASTER_PORT=str(free_port()))
+    run_dir = tmp_path / "8gaussian" / "t"
+    with open(tmp_path / "job.txt", "w") as log:
+        job = subprocess.Popen(["bash", SLURM_SCRIPT] + argv(TINY_TOY + SJKO + "100000", tmp_path), cwd=tmp_path,
+                               env=dict(ENV, **env), stdout=log, stderr=log)
+    try:
+        while job.poll() is None and len(stats_steps(run_dir)) < 3:
+            time.sleep(0.05)
+        job.send_signal(getattr(signal, "SIG" + name))   # what SLURM sends the batch shell before the limit
+        code = job.wait(timeout=120)
+    finally:
+        job.kill()
+    log = (tmp_path / "job.txt").read_text()
+    assert code == 0, log[-3000:]
+    assert (bin_dir / "scontrol.log").read_text() == "requeue 4242\n", log[-3000:]
+    step = load_checkpoint(run_dir / "content.pth")["step"]
+    assert step % 10 == 0 and step == stats_steps(run_dir)[-1]
+    assert f"stopped by signal at step {step}" in (run_dir / "log.txt").read_text()
