@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import train
+from helpers.full_disk import disk_full, fill_disk_at_save
 from tiny import TINY_IMAGE, TINY_TOY
 from uot.errors import USAGE_EXIT_CODE, exit_on_usage_error
 from uot.io import WriteFailed, atomic_write_bytes, load_checkpoint
@@ -73,21 +74,9 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["metrics.json"]   # no temporary file left behind
 
 
-def disk_full(fd):
-    raise OSError(errno.ENOSPC, "No space left on device")
-
-
 def test_a_full_disk_keeps_the_last_checkpoint_and_stops_in_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
     """The disk fills up while content.pth is written a second time (step 4): no byte of it lands."""
-    save, saves = train.atomic_torch_save, []
-
-    def second_save_fails(obj, path):
-        saves.append(path)
-        if len(saves) == 2:
-            monkeypatch.setattr(os, "fsync", disk_full)
-        return save(obj, path)
-
-    monkeypatch.setattr(train, "atomic_torch_save", second_save_fails)
+    fill_disk_at_save(monkeypatch, train, 2)
     args = TINY_TOY + SJKO + "20 --save_content_every 2 --save_ckpt_every 1000 --save_image_every 1000"
     with pytest.raises(SystemExit) as exit_:
         exit_on_usage_error(lambda: train.main(argv(args, tmp_path)))

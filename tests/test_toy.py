@@ -1,5 +1,4 @@
 """Toy samplers, toy networks, the regularizer and train_toy.py end to end."""
-import errno
 import json
 import os
 import random
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 import train_toy
+from helpers.full_disk import fill_disk_at_save
 from datasets_prep.toy import TOY_DIMS, TOY_MODES, TOY_NAMES, check_toy, sample_toy, stratified_counts
 from score_sde.toy import ToyGenerator, ToyPotential
 from uot.errors import UsageError, exit_on_usage_error
@@ -391,18 +391,7 @@ def test_a_diverging_run_exits_3_in_one_line_and_keeps_the_last_good_checkpoint(
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_exits_2_in_one_line(tmp_path, monkeypatch, capsys):
     """The disk fills up during the second checkpoint (epoch 2): its data never reach the disk."""
-    save, saves = train_toy.atomic_torch_save, []
-
-    def disk_full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def second_save_fails(obj, path):
-        saves.append(path)
-        if len(saves) == 2:
-            monkeypatch.setattr(os, "fsync", disk_full)
-        return save(obj, path)
-
-    monkeypatch.setattr(train_toy, "atomic_torch_save", second_save_fails)
+    fill_disk_at_save(monkeypatch, train_toy, 2)
     with pytest.raises(SystemExit) as exit_info:
         exit_on_usage_error(lambda: train_toy.main(toy_run(tmp_path, "full", "--epochs", "3")))
     monkeypatch.undo()
