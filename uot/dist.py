@@ -5,6 +5,10 @@ does) instead of a DistributedDataParallel wrapper: the potential step runs two
 forward passes and an R1 double backward, and the map step runs the potential with
 its parameters frozen, all of which DDP's hooks handle badly. One flat all-reduce per
 step keeps every rank's parameters bit-identical.
+
+A rank killed outright (SIGKILL, the OOM killer, a lost node) says nothing; the others only
+see a collective fail. Each rank therefore beats in the rendezvous store, and a survivor
+names the ranks whose beat stopped (lost_ranks_message).
 """
 import datetime
 import os
@@ -146,8 +150,9 @@ def all_gather_tensor(tensor):
 
 def cleanup():
     global _heartbeat
-    if _heartbeat is not None:
+    if _heartbeat is not None:   # stopped before the store it beats in goes
         _heartbeat.stopped.set()
+        _heartbeat.join(timeout=2 * HEARTBEAT_S)
         _heartbeat = None
     if is_distributed():
         dist.destroy_process_group()
