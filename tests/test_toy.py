@@ -403,3 +403,25 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_exits_2_in_one_line(tmp_p
     assert "the previous checkpoint.pt is unchanged" in line
     assert load_checkpoint(path)["step"] == 4   # epoch 1's, loadable
     assert not list((tmp_path / "full").glob(".tmp-*"))
+
+
+# --- defaults ---------------------------------------------------------------------------
+
+# The argparse defaults of the public toy script (Jae-Moo/UOTM train_toy.py); it requires --exp,
+# --source_name, --target_name, --tau and --savepath, and declares --kl_estimator without reading it.
+PUBLIC_TOY_DEFAULTS = dict(num_data=4000, data_dim=1, p=0.0, phi1="linear", phi2="linear", regularize=False,
+                           lmbda=0.01, epochs=1000, batch_size=256, lr=1e-5, save_every=100)
+# defaults kept on purpose, each in the README's differences table
+OURS = dict(p=0.01, exp="toy", source_name="noise", tau=0.1, savepath=os.path.join("train_logs", "toy"))
+
+
+def test_the_defaults_are_the_public_scripts_except_those_the_readme_lists():
+    ours = vars(train_toy.parse_args(["--target_name", "q"]))
+    for key, public in PUBLIC_TOY_DEFAULTS.items():
+        assert ours[key] == OURS.get(key, public), key
+    for key, value in OURS.items():
+        assert ours[key] == value, key
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    [row] = [line for line in readme.splitlines() if line.startswith("| `train_toy.py` defaults")]
+    for flag in [*OURS, "kl_estimator"]:
+        assert f"`--{flag}" in row, flag
