@@ -5,14 +5,14 @@ losses    transport costs; the semi-dual, JSD and GAN losses; R1, GP, the toy re
 steps     the potential step and the map step of a training iteration
 state     TrainState: the networks, EMA, reference map, optimizers and step a resume restores
 schedule  S-JKO phases, cosine learning rates, the loss-scheduler alpha, the data-noise std
-monitor   step statistics, the divergence guard, rank 0's log files, stop signals
+monitor   step statistics, the divergence guard, rank 0's log files, stop signals, exit codes
 ema       frozen copies: the generator's EMA and the JKO reference map
-dist      torch.distributed set-up, flat gradient all-reduce, gathers
+dist      torch.distributed set-up, flat gradient all-reduce, gathers, naming a rank that died
 fid       pytorch-fid's Inception and Frechet distance on in-memory uint8 samples; precision/recall
 metrics   toy metrics: k-NN KL, W1, outlier fraction, mode coverage, energy distance
 samples   image grids and toy sample sets written with their metrics and plots
 plots     matplotlib figures written atomically
-io        atomic files (checkpoints, JSON, logs) and weights-only checkpoint loading
+io        atomic files (checkpoints, JSON, logs), one-line errors for a full disk, weights-only checkpoint loading
 cli       argparse errors as one-line UsageErrors; flag checks naming the flag
 errors    UsageError: one line on stderr and exit code 2 for user mistakes
 
