@@ -31,7 +31,7 @@ from score_sde import (add_model_args, build_generator, build_potential, count_p
 from uot import dist as udist
 from uot.cli import ArgumentParser, Refused, check_non_negative, check_phi, check_positive
 from uot.errors import UsageError, exit_on_usage_error
-from uot.io import atomic_torch_save, atomic_write_json, read_checkpoint
+from uot.io import atomic_torch_save, atomic_write_json, prepare_folder, read_checkpoint
 from uot.losses import PAIRINGS, GANLoss, JSDLoss, SemiDualLoss, image_cost_scale, jko_cost_scale
 from uot.monitor import (DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE, RANK_LOST_EXIT_CODE, Diverged, RunLog, StepStats,
                          StopRequest)
@@ -571,10 +571,7 @@ def prepare_run_dir(run_dir, args, fresh):
         return
     if fresh and args.overwrite and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    for name in os.listdir(run_dir):   # uot.io's temporary files, left by a kill mid-write
-        if name.startswith(".tmp-"):
-            os.remove(os.path.join(run_dir, name))
+    prepare_folder(run_dir, "--outdir")
     atomic_write_json(os.path.join(run_dir, "options.json"), json_safe(vars(args)))
 
 

@@ -34,7 +34,7 @@ from datasets_prep.toy import TOYS_UOTM, check_toy, metric_args, sample_toy
 from score_sde.toy import ToyGenerator, ToyPotential
 from uot.cli import ArgumentParser, check_non_negative, check_phi, check_positive
 from uot.errors import UsageError, exit_on_usage_error
-from uot.io import RecordLog, atomic_torch_save, atomic_write_json, read_checkpoint
+from uot.io import RecordLog, atomic_torch_save, atomic_write_json, prepare_folder, read_checkpoint
 from uot.losses import PAIRINGS, SemiDualLoss, toy_cost_scale
 from uot.monitor import DIVERGED_EXIT_CODE, PREEMPTED_EXIT_CODE, Diverged, StepStats, StopRequest
 from uot.samples import save_toy_samples
@@ -239,18 +239,6 @@ def checkpoint_to_resume(args):
     return None
 
 
-def prepare_savepath(args):
-    """The folder, without the temporary files of a write that a kill interrupted, and options.json."""
-    try:
-        os.makedirs(args.savepath, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"--savepath: cannot create {args.savepath}: {err.strerror}") from None
-    for name in os.listdir(args.savepath):   # uot.io's temporary files
-        if name.startswith(".tmp-"):
-            os.remove(os.path.join(args.savepath, name))
-    atomic_write_json(os.path.join(args.savepath, "options.json"), vars(args))
-
-
 def main(argv=None):
     """Returns the exit code: 0, PREEMPTED_EXIT_CODE or DIVERGED_EXIT_CODE (UsageError: see __main__)."""
     with StopRequest() as stop:   # from the start: a signal during startup stops after the first epoch
@@ -263,7 +251,8 @@ def run(argv, stop):
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     resume = checkpoint_to_resume(args)
-    prepare_savepath(args)
+    prepare_folder(args.savepath, "--savepath")
+    atomic_write_json(os.path.join(args.savepath, "options.json"), vars(args))
     trainer = ToyTrainer(args)
     state, iters = trainer.state, trainer.iters_per_epoch
     if resume is not None:   # checkpoints are written at epoch ends only: the next epoch starts afresh

@@ -104,6 +104,22 @@ def test_a_read_only_folder_is_a_failed_write_naming_the_file(tmp_path, monkeypa
     assert (tmp_path / "x.json").read_bytes() == b"old"
 
 
+def test_an_outdir_that_cannot_be_created_is_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
+    makedirs, read_only = os.makedirs, tmp_path / "read_only"
+
+    def refused_below_read_only(path, *args, **kwargs):
+        if str(path).startswith(str(read_only)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", refused_below_read_only)
+    with pytest.raises(SystemExit) as exit_:
+        exit_on_usage_error(lambda: train.main(argv(TINY_TOY + SJKO + "2", read_only)))
+    assert exit_.value.code == USAGE_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err == f"error: --outdir: cannot create {read_only}/8gaussian/t (Read-only file system)\n", err
+
+
 @pytest.mark.parametrize("config, total", [(TINY_TOY, 300), (TINY_IMAGE, 40)], ids=["toy", "digits"])
 def test_sigkill_at_a_random_point_leaves_a_checkpoint_that_resumes(config, total, tmp_path):
     # content.pth is rewritten after every iteration, so the kill often lands inside a write

@@ -74,6 +74,18 @@ def atomic_write_bytes(path, data):
         os.close(dir_fd)
 
 
+def prepare_folder(path, flag):
+    """Create the output folder `path` (a one-line UsageError naming `flag` when it cannot be) and
+    remove the temporary files of a write that a kill interrupted."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{flag}: cannot create {path} ({err.strerror})") from None
+    for name in os.listdir(path):
+        if name.startswith(".tmp-"):
+            os.remove(os.path.join(path, name))
+
+
 def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
