@@ -311,17 +311,24 @@ def signal_at_iteration(monkeypatch, n, sig=signal.SIGTERM):
     monkeypatch.setattr(train_toy.ToyTrainer, "train_iteration", signalling)
 
 
+@pytest.fixture(scope="module")
+def five_epochs(tmp_path_factory):
+    """The folder of an uninterrupted 5-epoch run."""
+    folder = tmp_path_factory.mktemp("straight")
+    assert train_toy.main(toy_run(folder, "run", "--epochs", "5")) == 0
+    return folder / "run"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_a_stop_signal_ends_the_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one(
-        sig, tmp_path, monkeypatch, capsys):
-    assert train_toy.main(toy_run(tmp_path, "straight", "--epochs", "5")) == 0
+        sig, five_epochs, tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as patch:
         signal_at_iteration(patch, 6, sig)          # in epoch 2: it is finished, saved, and the run stops
         assert train_toy.main(toy_run(tmp_path, "resumed", "--epochs", "5")) == train_toy.PREEMPTED_EXIT_CODE
     assert load_checkpoint(tmp_path / "resumed" / train_toy.CHECKPOINT)["step"] == 8
     assert "stopped by signal after epoch 2" in capsys.readouterr().out
     assert train_toy.main(toy_run(tmp_path, "resumed", "--epochs", "5", "--resume")) == 0
-    assert_same_state(tmp_path / "straight", tmp_path / "resumed")
+    assert_same_state(five_epochs, tmp_path / "resumed")
     history = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [3, 5]   # no save twice, none lost
 
