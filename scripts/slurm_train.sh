@@ -2,8 +2,9 @@
 # train.py on a SLURM cluster: one torchrun per node on several nodes, and a run that outlives its
 # time limit and preemption by stopping cleanly, requeueing itself and resuming where it stopped.
 #
-#   sbatch scripts/slurm_train.sh --exp kl --phi1 kl --phi2 kl        # the flags go to train.py
-#   sbatch --nodes 4 --time 12:00:00 scripts/slurm_train.sh ...       # sbatch's own flags override the lines below
+#   sbatch scripts/slurm_train.sh --exp kl --phi1 kl --phi2 kl        # from the repository's folder;
+#   sbatch --nodes 4 --time 12:00:00 scripts/slurm_train.sh ...       # the flags go to train.py, and
+#                                                                     # sbatch's own override the lines below
 #
 # A stop, step by step:
 #   1. 5 minutes before the time limit SLURM sends SIGUSR1 to this script (--signal=B:USR1@300;
@@ -33,13 +34,19 @@
 #SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
 set -uo pipefail
-cd "${SLURM_SUBMIT_DIR:-.}"
+# sbatch runs a copy of this script from its spool folder: the job starts where it was submitted
+cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 
 PREEMPTED=75
 GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-4}}
 # the first node hosts the rendezvous; the job id names it, so a requeued job meets afresh
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null | head -n 1)}
 MASTER_PORT=${MASTER_PORT:-29500}
+TORCHRUN="${PYTHON:-python} -m torch.distributed.run --nnodes ${SLURM_NNODES:-1} --nproc_per_node $GPUS_PER_NODE
+    --rdzv_backend c10d --rdzv_endpoint $MASTER_ADDR:$MASTER_PORT --rdzv_id ${SLURM_JOB_ID:-0}
+    --signals-to-handle SIGTERM,SIGINT,SIGUSR1 --shutdown-timeout 240"
+# LAUNCH replaces the whole launcher, as in the other scripts (tests print the command with it)
+LAUNCH=${LAUNCH:-"srun --kill-on-bad-exit=1 $TORCHRUN"}
 
 stop_requested=0
 srun_pid=
@@ -51,11 +58,7 @@ forward() {   # bash runs a trap only between commands: srun runs in the backgro
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
-srun --kill-on-bad-exit=1 "${PYTHON:-python}" -m torch.distributed.run \
-    --nnodes "$SLURM_NNODES" --nproc_per_node "$GPUS_PER_NODE" \
-    --rdzv_backend c10d --rdzv_endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv_id "$SLURM_JOB_ID" \
-    --signals-to-handle SIGTERM,SIGINT,SIGUSR1 --shutdown-timeout 240 \
-    train.py "$@" --resume auto &
+$LAUNCH train.py --resume auto "$@" &
 srun_pid=$!
 # a trap interrupts `wait`: wait again until srun has really ended, then read its exit code
 while kill -0 "$srun_pid" 2>/dev/null; do
@@ -65,8 +68,8 @@ wait "$srun_pid"
 code=$?
 
 if [ "$code" -eq "$PREEMPTED" ] || { [ "$stop_requested" -eq 1 ] && [ "$code" -ne 0 ]; }; then
-    echo "slurm_train.sh: the run saved content.pth and stopped; requeueing job $SLURM_JOB_ID" >&2
-    scontrol requeue "$SLURM_JOB_ID"
+    echo "slurm_train.sh: the run saved content.pth and stopped; requeueing job ${SLURM_JOB_ID:-}" >&2
+    scontrol requeue "${SLURM_JOB_ID:-}"
     exit 0
 fi
 exit "$code"
