@@ -43,7 +43,7 @@ def last_samples(run_dir):
 
 def plot_translations(a):
     runs = [(dataset, exp) for dataset in a.datasets for exp in a.exps]
-    fig, axes = plt.subplots(len(runs), 3, figsize=(13, 4.3 * len(runs)), squeeze=False)
+    fig, axes = plt.subplots(len(runs), 3, figsize=(13, 3.6 * len(runs)), squeeze=False)
     print("| run | step | transport cost | k-NN KL | energy distance |")
     print("|---|---|---|---|---|")
     for row, (dataset, exp) in zip(axes, runs):
