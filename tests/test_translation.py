@@ -14,6 +14,7 @@ import train
 from datasets_prep import build_image_dataset, translation
 from tiny import run, run_dir
 from uot.errors import UsageError
+from uot.io import load_checkpoint
 
 TOY = ("--image_size 2 --model_name toy --nz 2 --reg_name none --phi2 kl --no_use_ema --batch_size 64 "
        "--log_every 1")
@@ -107,3 +108,17 @@ def test_translation_flag_errors(flags, message):
     if "nope" in flags:   # the one line lists every dataset
         for name in train.DATASET_NAMES:
             assert name in str(err.value)
+
+
+def test_resume_continues_the_source_order_exactly(tmp_path):
+    # batch 128: the 721 training sources give 5 batches an epoch, two drawn per iteration, so
+    # the 6 iterations cross two source epochs and the resume starts mid-epoch
+    common = DIGITS + " --batch_size 128 --num_phase 1 --save_content_every 3 --save_image_every 100"
+    assert run(common + " --init_num_iterations 6", tmp_path, exp="straight") == 0
+    assert run(common + " --init_num_iterations 3", tmp_path, exp="resumed") == 0
+    assert run(common + " --init_num_iterations 6 --resume", tmp_path, exp="resumed") == 0
+    a, b = (load_checkpoint(run_dir(tmp_path, "digits0-4to5-9", exp) / "content.pth") for exp in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 6
+    for key in ("G", "D"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=0, atol=0, msg=f"{key}.{name}")
