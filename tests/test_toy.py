@@ -257,7 +257,7 @@ def test_cli_2d_gaussian_run_draws_its_scatter(tmp_path):
     (["--tau", "-1"], "--tau"),
     (["--p", "2"], "--p"),
     (["--epochs", "0"], "--epochs"),
-    (["--source_name", "moons"], "--source_name"),   # the S-JKO 2-D toys are train.py's
+    (["--source_name", "moon"], "--source_name"),    # the S-JKO 2-D toys are train.py's
     (["--num_data", "100"], "--num_data"),            # less than one batch of 256
     (["--data_dim", "2"], "--target_name"),
 ])
