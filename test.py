@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from datasets_prep import default_image_size
+from datasets_prep import default_image_size, translation
 from datasets_prep.reference import is_image_folder, reference_dataset, reference_stats_path
 from score_sde import build_generator, source_shape
 from uot import dist as udist
@@ -111,6 +111,10 @@ def read_options(path):
         cfg = argparse.Namespace(**json.load(f))
     if cfg.model_name == "toy":
         raise UsageError(f"{path}: FID needs an image model, not --model_name toy")
+    if cfg.dataset in translation.TRANSLATIONS:   # its map takes source images, not N(0, I)
+        raise UsageError(f"{path}: --dataset {cfg.dataset} is a translation, whose map takes the source's images, "
+                         f"not noise; test.py measures generators from noise (the run's metrics.json holds its "
+                         f"translation measures)")
     return cfg
 
 

@@ -12,6 +12,11 @@ if ROOT not in sys.path:
 
 from tiny import INCEPTION_WEIGHTS_NAME  # noqa: E402
 
+# Under pytest-xdist (-n N) every worker is a process of its own: one torch thread each, or
+# N pools of threads fight over the cores (docs/performance.md measured a 20x slowdown)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def uotm_cache(tmp_path_factory):

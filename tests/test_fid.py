@@ -316,6 +316,16 @@ def test_bad_inputs_are_one_line_usage_errors(run, tmp_path):
                      "--device", "cpu"])
 
 
+def test_a_translation_run_is_refused_in_one_line(run, tmp_path):
+    """A translation's map takes the source's images: FID from noise would measure something else."""
+    options = {**vars(run.cfg), "dataset": "digits0-4to5-9"}
+    with open(tmp_path / "options.json", "w", encoding="utf-8") as f:
+        json.dump(options, f)
+    with pytest.raises(UsageError, match="digits0-4to5-9 is a translation"):
+        load_test_script().main([str(run.dir / "netG_3.pth"), "--options", str(tmp_path / "options.json"),
+                                 "--device", "cpu"])
+
+
 def test_script_without_inception_weights_exits_with_code_2(run, tmp_path):
     result = run_script([run.dir, "--device", "cpu", "--num_samples", "2",
                          "--ref_stats", tmp_path / "unused.npz"], torch_home=tmp_path)
@@ -334,9 +344,12 @@ def test_script_end_to_end(run, torch_home, tmp_path, monkeypatch, capsys):
         script.main([str(a) for a in args])
         return capsys.readouterr().out
 
-    # 1. reference statistics computed from the folder and cached; precision/recall asked
+    # 1. reference statistics computed from the folder and cached; precision/recall asked;
+    # the weights passed by path (the hub cache is empty); the samples also written as PNGs
+    samples = tmp_path / "samples"
     out = in_process([run.dir, "--num_samples", 4, "--ref_dir", run.ref, "--stats_dir", stats_dir,
-                      "--precision_recall"] + common, torch_home)
+                      "--precision_recall", "--inception_weights", torch_home / "hub" / "checkpoints" / WEIGHTS_NAME,
+                      "--save_samples", samples] + common, tmp_path)
     assert out.strip().splitlines()[-1].startswith("FID ")
     [first] = read_records(run.dir)
     assert first["checkpoint"].endswith("netG_3.pth") and first["epoch"] == 3
@@ -345,21 +358,17 @@ def test_script_end_to_end(run, torch_home, tmp_path, monkeypatch, capsys):
     assert 0 <= first["precision"] <= 1 and 0 <= first["recall"] <= 1
     [cached] = os.listdir(stats_dir)
     assert cached.startswith("ref_") and cached.endswith("_8_5.npz")
-
-    # 2. same seed against the cached statistics in the public repositories' layout (a pickled
-    # dict in a .npy), weights passed by path (empty hub cache): the same FID
-    samples = tmp_path / "samples"
-    mu, sigma = fid.load_stats(str(stats_dir / cached))
-    np.save(tmp_path / "ref_stat.npy", {"mu": mu, "sigma": sigma}, allow_pickle=True)
-    in_process([run.dir, "--num_samples", 4, "--ref_stats", tmp_path / "ref_stat.npy",
-                "--inception_weights", torch_home / "hub" / "checkpoints" / WEIGHTS_NAME,
-                "--save_samples", samples] + common, tmp_path)
-    second = read_records(run.dir)[-1]
-    assert len(read_records(run.dir)) == 2
-    assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
     assert sorted(os.listdir(samples)) == [f"{i:06d}.png" for i in range(4)]
     with Image.open(samples / "000000.png") as png:
         assert png.size == (8, 8) and png.mode == "L"
+
+    # 2. the same seed against the cached statistics in the public repositories' layout (a
+    # pickled dict in a .npy), from the hub cache: the same FID
+    mu, sigma = fid.load_stats(str(stats_dir / cached))
+    np.save(tmp_path / "ref_stat.npy", {"mu": mu, "sigma": sigma}, allow_pickle=True)
+    in_process([run.dir, "--num_samples", 4, "--ref_stats", tmp_path / "ref_stat.npy"] + common, torch_home)
+    assert len(read_records(run.dir)) == 2
+    assert read_records(run.dir)[-1]["fid"] == pytest.approx(first["fid"], rel=1e-6)
 
     # 3. torchrun, 2 ranks (a new process each, as a user runs it): uneven shares (3 reference images + 2; 2 samples + 1), one record
     result = run_script([run.dir, "--num_samples", 3, "--ref_dir", run.ref,
