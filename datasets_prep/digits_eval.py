@@ -8,17 +8,34 @@ digits and measures generated samples with it:
     digits_fd        Frechet distance between the Gaussians fitted to the classifier's 64-d
                      penultimate features of the generated samples and of the real digits
                      (the FID formula on other features; lower is better)
-    classes_covered  how many of the 10 classes get at least 2% of the samples (argmax class)
-    class_entropy    entropy of the histogram of predicted classes over log 10: 1 when every
-                     class is generated equally often, 0 when one class is all there is
+    precision,       improved precision and recall (uot.fid.precision_recall, k = 3) in the
+    recall           same features against the classifier's training digits: the share of
+                     samples on the digits' manifold, and the share of digits the samples cover
+    accepted_share   the share of samples the reject accepts as digits: a sample is "not a
+                     digit" when its distance to its 3rd-nearest training digit (features)
+                     exceeds the 99th percentile of the held-out digits' same distance
+    train_distance_ratio  the median distance of the samples to their nearest training digit
+                     over the same median for the held-out digits: 1 for new real digits,
+                     about 0 for copies of training digits, above 1 off the digits' manifold
+    classes_covered  how many of the 10 classes get at least 2% of the samples as accepted
+                     samples of that class (argmax class): noise covers none
+    class_entropy    -sum(p log p) / log 10 over p, the share of the samples accepted in each
+                     class: 1 when every sample is accepted and every class equally frequent,
+                     0 when one class is all there is; rejected samples add nothing (noise ~0)
     outlier_fraction on digits+outliers: the share of samples that look like its inverted
                      digits (datasets_prep.images.outlier_fraction)
+
+The classifier trains on the digits but a fixed held-out split of 360 (`split`): generators
+are compared with those training digits, and the held-out digits are the real control that
+calibrates the reject and the memorisation ratio. `controls()` builds sets the measure must
+rank (real held-out digits, copies, one image per class, blurred, noise, ...).
 
 The classifier trains deterministically (fixed seed and split, one thread, fixed order) in
 about ten seconds the first time it is needed and is cached in
 $UOTM_CACHE (default ~/.cache/uotm)/digits_classifier.pt; with the cache every process
-of a study measures with the same network. docs/results.md gives the scale of digits_fd:
-real digits against real digits, against noise and against blurred digits.
+of a study measures with the same network. docs/results.md gives the scale of digits_fd
+(real digits against real digits, against noise and against blurred digits) and every
+measure on the controls (`python -m datasets_prep.digits_eval` prints both).
 """
 import math
 import os
@@ -28,15 +45,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets_prep.images import build_image_dataset, outlier_fraction
-from uot.fid import frechet_distance, statistics
+from uot.fid import frechet_distance, precision_recall, statistics
 from uot.io import atomic_torch_save
 
 # the datasets this measure applies to, and whether they hold outliers to count
 MEASURED_DATASETS = {"digits": False, "digits+outliers": True}
 SAMPLES = 2000          # generated samples per measurement (train.py's saves)
 FEATURES = 64
-HELD_OUT = 360          # of the 1,797 digits, for the accuracy the docs report
+HELD_OUT = 360          # of the 1,797 digits, never trained on: the real control of the measures
 MIN_CLASS_SHARE = 0.02  # a class is covered when at least 2% of the samples fall in it
+NEIGHBOURS = 3          # the k of the k-NN measures (precision, recall, the reject)
+REJECT_QUANTILE = 0.99  # the share of held-out digits the reject accepts, by construction
 
 
 def classifier(seed=0):
@@ -56,11 +75,16 @@ def real_digits():
     return dataset.images.float() / 127.5 - 1, dataset.labels
 
 
+def split(count, seed=0):
+    """(held-out, train) indices of `count` digits: a fixed seeded permutation."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[:HELD_OUT], order[HELD_OUT:]
+
+
 def train_classifier(epochs=30, seed=0):
     """Deterministic training on all digits but a fixed held-out set; returns (net, held-out accuracy)."""
     images, labels = real_digits()
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    held_out, train = order[:HELD_OUT], order[HELD_OUT:]
+    held_out, train = split(len(images), seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # the same numbers on every machine load
     try:
@@ -90,7 +114,8 @@ _loaded = {}
 
 
 def load_classifier():
-    """The cached classifier (trained and cached at first use), in eval mode, on the CPU."""
+    """The cached classifier (trained and cached at first use), in eval mode, on the CPU, and
+    the statistics (mean, covariance) of the real digits' features."""
     if "net" not in _loaded:
         path = cache_path()
         net = classifier()
@@ -102,8 +127,40 @@ def load_classifier():
             atomic_torch_save(dict(state_dict=net.state_dict(), held_out_accuracy=accuracy), path)
         net.eval().requires_grad_(False)
         _loaded["net"] = net
-        _loaded["real"] = statistics(features(net, real_digits()[0]))
+        images = real_digits()[0]
+        feats = features(net, images)
+        _loaded["real"] = statistics(feats)
+        held_out, train = split(len(images))
+        _loaded["reference"] = calibrate(feats[train], feats[held_out])
     return _loaded["net"], _loaded["real"]
+
+
+def train_distances(train_feats, feats):
+    """(nearest, NEIGHBOURS-th nearest) distance of every row of `feats` to the rows of
+    `train_feats`; chunked, so that memory is 1,000 x the training digits."""
+    nearest = torch.cat([torch.cdist(chunk, train_feats).topk(NEIGHBOURS, dim=1, largest=False).values
+                         for chunk in feats.split(1000)])
+    return nearest[:, 0], nearest[:, NEIGHBOURS - 1]
+
+
+def calibrate(train_feats, held_out_feats):
+    """The reference of the k-NN measures: the training digits' features, the held-out digits'
+    median distance to their nearest training digit, the reject's threshold (the
+    REJECT_QUANTILE of their k-NN distances) and the reject's false-reject rate on real digits
+    that did not set the threshold (one half of the held-out digits sets it, the other half
+    counts, both ways; a threshold from half as many digits is noisier, so this errs high)."""
+    nearest, kth = train_distances(train_feats, held_out_feats)
+    halves = kth[0::2], kth[1::2]
+    false_reject = sum(float((b > torch.quantile(a, REJECT_QUANTILE)).float().mean())
+                       for a, b in (halves, halves[::-1])) / 2
+    return dict(train=train_feats, median_nearest=float(nearest.median()),
+                threshold=float(torch.quantile(kth, REJECT_QUANTILE)), false_reject=false_reject)
+
+
+def reference():
+    """calibrate()'s dict for the cached classifier."""
+    load_classifier()
+    return _loaded["reference"]
 
 
 def features(net, images):
@@ -126,16 +183,32 @@ def predicted_classes(images, feats=None):
 def digits_metrics(images, outliers=False):
     """The measures of the module docstring for generated images in [-1, 1], (N, 1, H, W)."""
     net, (mu_real, sigma_real) = load_classifier()
+    ref = reference()
     feats = features(net, images)
-    classes = predicted_classes(images, feats)
-    share = torch.bincount(classes, minlength=10).double() / len(classes)
+    nearest, kth = train_distances(ref["train"], feats)
+    accepted = kth <= ref["threshold"]
+    # the share of all samples that are accepted and in each class: rejected samples count in none
+    share = torch.bincount(predicted_classes(images, feats)[accepted], minlength=10).double() / len(feats)
     nonzero = share[share > 0]
+    precision, recall = precision_recall(ref["train"], feats, k=NEIGHBOURS)
     metrics = dict(digits_fd=frechet_distance(*statistics(feats), mu_real, sigma_real),
+                   precision=precision, recall=recall, accepted_share=float(accepted.float().mean()),
+                   train_distance_ratio=float(nearest.median()) / ref["median_nearest"],
                    classes_covered=int((share >= MIN_CLASS_SHARE).sum()),
                    class_entropy=float(-(nonzero * nonzero.log()).sum() / math.log(10)) + 0.0)  # no -0.0
     if outliers:
         metrics["outlier_fraction"] = outlier_fraction(images)
     return metrics
+
+
+def blurred(images):
+    """The 3x3 box blur of images, (N, 1, H, W), edges replicated."""
+    return F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+
+
+def clamped_noise(shape, seed):
+    """N(0, I) draws of `shape` clamped to [-1, 1], from a generator of their own."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
 
 
 def metric_scale(seed=0):
@@ -149,17 +222,59 @@ def metric_scale(seed=0):
     def fd(a, b):
         return frechet_distance(*statistics(features(net, a)), *statistics(features(net, b)))
 
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed)).clamp(-1, 1)
-    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
     real = lambda x: frechet_distance(*statistics(features(net, x)), mu_real, sigma_real)  # noqa: E731
     return {"real half vs other half": fd(half_a, half_b), "real vs real (all)": real(images),
-            "half blurred (mean of the digit and its 3x3 box blur) vs real": real((images + blurred) / 2),
-            "blurred (3x3 box) vs real": real(blurred), "one class (zeros) vs real": real(images[labels == 0]),
-            "Gaussian noise vs real": real(noise)}
+            "half blurred (mean of the digit and its 3x3 box blur) vs real": real((images + blurred(images)) / 2),
+            "blurred (3x3 box) vs real": real(blurred(images)), "one class (zeros) vs real": real(images[labels == 0]),
+            "Gaussian noise vs real": real(clamped_noise(images.shape, seed))}
 
 
-if __name__ == "__main__":   # python -m datasets_prep.digits_eval: the scale of the measure
+def controls(seed=0):
+    """Sets the measure must rank, as many images as the held-out digits (the 5-class set
+    about half): the held-out digits (real and new: the best a generator can do), copies of
+    training digits (drawn with replacement), one typical held-out digit per class repeated
+    (the one nearest in pixels to its class's mean held-out digit), the held-out digits of
+    classes 0-4, the held-out digits blurred (3x3 box), clamped noise, and the held-out digits
+    inverted (-x). Only local generators: the global random stream does not move."""
+    images, labels = real_digits()
+    held_out, train = split(len(images))
+    count = len(held_out)
+    draws = torch.randint(len(train), (count,), generator=torch.Generator().manual_seed(seed))
+    real = images[held_out]
+    typical = []
+    for c in range(10):
+        members = held_out[labels[held_out] == c]
+        typical.append(members[(images[members] - images[members].mean(0)).flatten(1).norm(dim=1).argmin()])
+    return {"real held-out digits": real,
+            "copies of training digits": images[train[draws]],
+            "one held-out image per class, repeated": images[torch.stack(typical).repeat_interleave(count // 10)],
+            "5 classes only (held-out 0-4)": real[labels[held_out] < 5],
+            "blurred held-out digits (3x3 box)": blurred(real),
+            "clamped Gaussian noise": clamped_noise(real.shape, seed),
+            "inverted held-out digits (-x)": -real}
+
+
+CONTROL_COLUMNS = ("digits_fd", "precision", "recall", "train_distance_ratio", "accepted_share",
+                   "classes_covered", "class_entropy")
+
+
+def controls_table(seed=0):
+    """A markdown table of every measure on every control."""
+    lines = ["| control | n | " + " | ".join(CONTROL_COLUMNS) + " |", "|---|" + "---:|" * (len(CONTROL_COLUMNS) + 1)]
+    for name, images in controls(seed).items():
+        metrics = digits_metrics(images)
+        lines.append(f"| {name} | {len(images)} | " + " | ".join(
+            f"{metrics[c]}" if isinstance(metrics[c], int) else f"{metrics[c]:.3f}" for c in CONTROL_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":   # python -m datasets_prep.digits_eval: the scale of the measure and its controls
     net, accuracy = train_classifier()
     print(f"classifier: held-out accuracy {accuracy:.4f} ({HELD_OUT} digits)")
     for name, value in metric_scale().items():
         print(f"digits_fd, {name}: {value:.3f}")
+    ref = reference()
+    print(f"reject: threshold {ref['threshold']:.3f} (the {REJECT_QUANTILE:.0%} quantile of the held-out digits' "
+          f"distance to their {NEIGHBOURS}rd-nearest training digit); false-reject rate on held-out digits "
+          f"that did not set it: {ref['false_reject']:.3f}")
+    print(controls_table())

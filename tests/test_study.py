@@ -35,6 +35,63 @@ def test_the_measure_ranks_real_above_blurred_above_noise_and_sees_missing_class
     assert digits_eval.digits_metrics(-images, outliers=True)["outlier_fraction"] == 1.0
 
 
+@pytest.fixture(scope="module")
+def controls():
+    """Every measure on every control of digits_eval.controls() (360 images each; 185 for the 5 classes)."""
+    return {name: digits_eval.digits_metrics(images) for name, images in digits_eval.controls().items()}
+
+
+# Tolerances: a share over n = 360 samples has a binomial sd of at most 0.026 (0.016 at 0.9,
+# 0.007 at 0.02); the bounds below are 4 sd or more from the values the module docstring's
+# definitions make expected, so a classifier trained on another machine passes them too.
+
+def test_held_out_digits_rank_best_and_score_the_real_level(controls):
+    real = controls["real held-out digits"]
+    others = {name: m for name, m in controls.items() if name not in ("real held-out digits", "copies of training digits")}
+    assert real["digits_fd"] < 20 and all(real["digits_fd"] < m["digits_fd"] for m in others.values())
+    # new real digits lie on the training digits' manifold and cover it
+    assert real["precision"] > 0.8 and real["recall"] > 0.8
+    assert real["classes_covered"] == 10 and real["class_entropy"] > 0.95
+    # by construction the ratio is 1 on the digits that calibrate it
+    assert real["train_distance_ratio"] == pytest.approx(1.0)
+
+
+def test_the_memorisation_ratio_flags_copies_and_only_copies(controls):
+    copies = controls["copies of training digits"]
+    # digits_fd, precision and recall cannot tell copies from new digits
+    assert copies["digits_fd"] < 20 and copies["precision"] > 0.8 and copies["recall"] > 0.8
+    assert copies["train_distance_ratio"] < 0.1
+    assert all(m["train_distance_ratio"] > 0.5 for name, m in controls.items() if name != "copies of training digits")
+
+
+def test_recall_sees_single_images_and_missing_classes(controls):
+    real, single = controls["real held-out digits"], controls["one held-out image per class, repeated"]
+    assert single["classes_covered"] == 10 and single["recall"] < 0.05   # every class, but one image each
+    five = controls["5 classes only (held-out 0-4)"]
+    assert five["classes_covered"] == 5 and five["recall"] < real["recall"] - 0.15
+
+
+def test_the_reject_accepts_real_digits_at_the_calibrated_rate_and_rejects_noise(controls):
+    reference = digits_eval.reference()
+    # the threshold is the 99th percentile of held-out digits: about 1% false rejects, also on
+    # held-out digits that did not set it (binomial sd 0.007 on 180 digits)
+    assert controls["real held-out digits"]["accepted_share"] >= digits_eval.REJECT_QUANTILE - 1 / 360
+    assert reference["false_reject"] < 0.05
+    assert controls["copies of training digits"]["accepted_share"] > 0.95
+    for name in ("clamped Gaussian noise", "inverted held-out digits (-x)"):
+        m = controls[name]
+        assert m["accepted_share"] < 0.06 and m["classes_covered"] <= 1 and m["class_entropy"] < 0.2, name
+        assert m["precision"] < 0.1 and m["train_distance_ratio"] > 2, name
+    assert controls["inverted held-out digits (-x)"]["digits_fd"] > 10 * controls["real held-out digits"]["digits_fd"]
+
+
+def test_the_controls_and_the_measure_leave_the_global_random_stream_alone():
+    state = torch.random.get_rng_state()
+    for images in digits_eval.controls(seed=1).values():
+        digits_eval.digits_metrics(images)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
 def load_study():
     spec = importlib.util.spec_from_file_location("study_digits", os.path.join(ROOT, "scripts", "study_digits.py"))
     module = importlib.util.module_from_spec(spec)
