@@ -41,9 +41,9 @@ def controls():
     return {name: digits_eval.digits_metrics(images) for name, images in digits_eval.controls().items()}
 
 
-# Tolerances: a share over n = 360 samples has a binomial sd of at most 0.026 (0.016 at 0.9,
-# 0.007 at 0.02); the bounds below are 4 sd or more from the values the module docstring's
-# definitions make expected, so a classifier trained on another machine passes them too.
+# Tolerances: a share over n = 360 samples has a binomial sd of at most 0.026 (0.016 at 0.9);
+# the bounds below sit 4 sd or more from the expected values, and hold for classifiers
+# trained from other seeds (as another machine's floating point may train a different one).
 
 def test_held_out_digits_rank_best_and_score_the_real_level(controls):
     real = controls["real held-out digits"]
@@ -74,14 +74,16 @@ def test_recall_sees_single_images_and_missing_classes(controls):
 def test_the_reject_accepts_real_digits_at_the_calibrated_rate_and_rejects_noise(controls):
     reference = digits_eval.reference()
     # the threshold is the 99th percentile of held-out digits: about 1% false rejects, also on
-    # held-out digits that did not set it (binomial sd 0.007 on 180 digits)
+    # held-out digits that did not set it (binomial sd 0.009 on 180 digits at 1.5%)
     assert controls["real held-out digits"]["accepted_share"] >= digits_eval.REJECT_QUANTILE - 1 / 360
-    assert reference["false_reject"] < 0.05
+    assert reference["false_reject"] < 0.06
     assert controls["copies of training digits"]["accepted_share"] > 0.95
     for name in ("clamped Gaussian noise", "inverted held-out digits (-x)"):
         m = controls[name]
-        assert m["accepted_share"] < 0.06 and m["classes_covered"] <= 1 and m["class_entropy"] < 0.2, name
-        assert m["precision"] < 0.1 and m["train_distance_ratio"] > 2, name
+        assert m["accepted_share"] < 0.02 and m["classes_covered"] == 0 and m["class_entropy"] < 0.05, name
+        # in features, noise lands nearer the digits for some classifiers than others (0.003 to
+        # 0.056 precision over five training seeds): far below real digits all the same
+        assert m["precision"] < 0.2 and m["train_distance_ratio"] > 2, name
     assert controls["inverted held-out digits (-x)"]["digits_fd"] > 10 * controls["real held-out digits"]["digits_fd"]
 
 
