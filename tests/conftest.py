@@ -1,6 +1,7 @@
 """Shared test set-up: the repository on sys.path, and a stand-in for the FID Inception weights."""
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +12,14 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tiny import INCEPTION_WEIGHTS_NAME  # noqa: E402
+
+# torch.compile's on-disk kernel cache (torch 2.14.1) is not keyed on ATEN_CPU_CAPABILITY: a
+# kernel built under one setting and reused under another gave wrong numbers (avx2: a toy map
+# off by 0.41) or C++ compile errors (default). One cache per kernel setting, kept between runs
+# (assigned, not defaulted: importing torch's packages may already have set torch's default).
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+    tempfile.gettempdir(), f"uotm-inductor-{os.getuid()}-{torch.backends.cpu.get_cpu_capability()}-"
+                           f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'native')}")
 
 # Under pytest-xdist (-n N) every worker is a process of its own: one torch thread each, or
 # N pools of threads fight over the cores (docs/performance.md measured a 20x slowdown)
