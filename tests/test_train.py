@@ -249,3 +249,13 @@ def test_fid_every_without_inception_weights_stops_before_writing(tmp_path):
         run(TINY_IMAGE + f" --num_phase 1 --init_num_iterations 2 --phi2 kl --fid_every 2 --fid_ref_stats {ref} "
             f"--inception_weights {tmp_path / 'missing.pth'}", tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_builds_the_networks_on_the_meta_device(monkeypatch, capsys):
+    """--dry_run counts parameters without allocating or initialising them: the published
+    CIFAR-10 NCSN++ (44.82M parameters) is built on the meta device."""
+    built, build = [], train.build_generator
+    monkeypatch.setattr(train, "build_generator", lambda args: built.append(build(args)) or built[-1])
+    assert train.main(["--exp", "kl", "--phi1", "kl", "--phi2", "kl", "--dry_run", "--device", "cpu"]) == 0
+    assert {p.device.type for p in built[0].parameters()} == {"meta"}
+    assert "ncsnpp: G 44.82M parameters, D 12.25M parameters" in capsys.readouterr().out
