@@ -196,6 +196,39 @@ def figures(records, rows, out):
     save_figure(fig, os.path.join(out, "curves.png"))
 
 
+# The comparisons the results page reports: (row, row, measure). Each prints n per row, the
+# means, Welch's t-test p, and how far each row's mean curve still moved between its last two
+# saves (a row whose curve still moves by more than 5% has not converged: no verdict).
+COMPARISONS = [("uotm_kl", "otm", "digits_fd"), ("uotm_kl", "uotm_softplus", "digits_fd"),
+               ("uotm_kl", "uotm_chi", "digits_fd"), ("uotm_kl", "tau_0.024", "digits_fd"),
+               ("uotm_kl", "source_fixed", "digits_fd"), ("uotm_kl", "sjko", "digits_fd"),
+               ("uotm_kl", "sjko_jsd", "digits_fd"), ("uotm_kl", "gan", "digits_fd"),
+               ("uotm_kl", "uotm_kl_no_ema", "digits_fd"), ("uotm_kl", "uotm_kl_per_sample", "digits_fd"),
+               ("outliers_uotm", "outliers_otm", "outlier_fraction")]
+
+
+def compare(records):
+    """The lines of COMPARISONS for `records` (the study's runs.jsonl)."""
+    from scipy.stats import ttest_ind
+
+    def finals(row, key):
+        return [v for r in records if r["row"] == row and (v := final(r, key)) is not None]
+
+    def last_change(row, key):   # relative change of the seed-mean curve over its last two saves
+        curves = [[s[key] for s in r["saves"]] for r in records if r["row"] == row and not r["diverged"]]
+        a, b = (statistics.mean(c[i] for c in curves) for i in (-2, -1))
+        return abs(b - a) / abs(a)
+
+    lines = []
+    for a, b, key in COMPARISONS:
+        xa, xb = finals(a, key), finals(b, key)
+        p = ttest_ind(xa, xb, equal_var=False).pvalue
+        lines.append(f"{key}: {a} {statistics.mean(xa):.3f} (n={len(xa)}, last-save change "
+                     f"{last_change(a, key):.0%}) vs {b} {statistics.mean(xb):.3f} (n={len(xb)}, "
+                     f"{last_change(b, key):.0%}): Welch p = {p:.3g}")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join("train_logs", "study_digits"))
@@ -203,7 +236,12 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
     p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--compare", metavar="RUNS.jsonl", help="print the comparisons of a finished study and exit")
     a = p.parse_args(argv)
+    if a.compare:
+        with open(a.compare, encoding="utf-8") as f:
+            print("\n".join(compare([json.loads(line) for line in f if line.strip()])))
+        return
     rows = [row for row in ROWS if a.rows is None or row[0] in a.rows]
     unknown = set(a.rows or []) - {row[0] for row in ROWS}
     if unknown:

@@ -146,3 +146,16 @@ def test_class_coverage_counts_classes_with_two_percent(share, covered, monkeypa
     monkeypatch.setitem(digits_eval._loaded, "net", torch.nn.Sequential(*net[:-1], Fixed()))
     images = digits_eval.real_digits()[0][: len(classes)]
     assert digits_eval.digits_metrics(images)["classes_covered"] == covered
+
+
+def test_compare_prints_n_welch_p_and_the_last_save_change(monkeypatch):
+    study = load_study()
+    monkeypatch.setattr(study, "COMPARISONS", [("a", "b", "digits_fd")])
+
+    def run(row, curve):
+        return {"row": row, "diverged": False, "saves": [{"digits_fd": v} for v in curve]}
+
+    records = [run("a", [10, v]) for v in (1, 2, 3)] + [run("b", [5, v]) for v in (4, 5, 6)]
+    [line] = study.compare(records)
+    # t = -3 / sqrt(1/3 + 1/3), 4 degrees of freedom: two-sided p = 0.0213; curves 10 -> 2, 5 -> 5
+    assert line == "digits_fd: a 2.000 (n=3, last-save change 80%) vs b 5.000 (n=3, 0%): Welch p = 0.0213"
