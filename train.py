@@ -192,7 +192,7 @@ def resolve_args(args, world):
                          f"({', '.join(TRAIN_TOYS)}) need --model_name toy --image_size 2, and only they take it")
     if args.dataset in translation.TRANSLATIONS and args.model_name == "otm":
         raise UsageError(f"--dataset {args.dataset} maps source images, and --model_name otm maps 3 x 8 x 8 noise; "
-                         f"pick another --model_name (ncsnpp, dcgan)")
+                         f"pick a --model_name whose map takes images")
     channels = 1 if args.toy else dataset_info(args.dataset).channels
     if args.num_channels not in (None, channels):
         raise UsageError(f"--num_channels {args.num_channels}: --dataset {args.dataset} has {channels} "
@@ -577,6 +577,12 @@ def prepare_run_dir(run_dir, args, fresh):
 
 # ----------------------------------------------------------------------------------
 
+def check_batch_fits(args, dataset, what):
+    if len(dataset) < args.batch_size:
+        raise UsageError(f"--batch_size {args.batch_size} is larger than {what} ({len(dataset)} images); "
+                         f"lower --batch_size")
+
+
 def main(argv=None):
     """Returns the exit code: 0, PREEMPTED_EXIT_CODE or DIVERGED_EXIT_CODE (UsageError: see __main__)."""
     with StopRequest() as stop:   # from the start: a SIGTERM during startup stops after the first step
@@ -600,17 +606,13 @@ def run_training(argv, stop):
     resume = check_run_dir(run_dir, args)
     dataset = None if args.toy else build_image_dataset(args.dataset, args.datadir, args.image_size)
     if dataset is not None:
-        if len(dataset) < args.batch_size:
-            raise UsageError(f"--batch_size {args.batch_size} is larger than the dataset ({len(dataset)} images); "
-                             f"lower --batch_size")
+        check_batch_fits(args, dataset, "the dataset")
         dataset[0]   # decode one image now: a wrong folder or format fails here, naming the file
     source = None
     if args.dataset in translation.IMAGE_TRANSLATIONS:   # (train, test): train maps the one, saves the other
         source = tuple(translation.source_images(args.dataset, args.datadir, args.image_size, split)
                        for split in ("train", "test"))
-        if len(source[0]) < args.batch_size:
-            raise UsageError(f"--batch_size {args.batch_size} is larger than the source training set "
-                             f"({len(source[0])} images); lower --batch_size")
+        check_batch_fits(args, source[0], "the source training set")
     # --fid_every: the Inception weights are read now, so that their absence stops the run
     # before it writes anything rather than at the first evaluation
     inception = None
