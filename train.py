@@ -62,7 +62,7 @@ ARCH_KEYS = ("model_name", "image_size", "num_channels", "num_channels_dae", "n_
              "num_res_blocks", "attn_resolutions", "resamp_with_conv", "conditional", "fir",
              "fir_kernel", "skip_rescale", "resblock_type", "progressive", "progressive_input",
              "progressive_combine", "embedding_type", "fourier_scale", "not_use_tanh",
-             "z_emb_dim", "nz", "ngf", "dataset")
+             "z_emb_dim", "nz", "ngf", "mlp_width", "mlp_depth", "dataset")
 
 # The defaults that differ between the three public training scripts: Jae-Moo/UOTM train.py
 # (UOTM mode), Jae-Moo/Scalable-JKO train.py (S-JKO mode) and its train_JSD.py (S-JKO mode
@@ -94,6 +94,10 @@ def build_parser():
     run.add_argument("--resume", nargs="?", const="yes", default=None, choices=["yes", "auto"],
                      help="continue from <run dir>/content.pth; 'auto' starts fresh when there is none")
     run.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
+    run.add_argument("--init_from", default=None, metavar="CONTENT.pth",
+                     help="start from another run's networks: G and its EMA from the map it evaluates (its EMA "
+                          "when it kept one), D as it was; steps, optimisers and schedules start afresh. In S-JKO "
+                          "mode the loaded map can stand for phase 0: --init_num_iterations 0")
     run.add_argument("--dry_run", action="store_true",
                      help="validate the flags, build the networks, print the resolved settings, and stop")
     add_model_args(p)
@@ -224,7 +228,15 @@ def resolve_args(args, world):
     if args.num_threads is not None:
         check_positive(args, "num_threads")
     if args.sjko:
-        check_positive(args, "h", "init_h", "num_phase", "init_num_iterations", "num_iterations")
+        check_positive(args, "h", "init_h", "num_phase", "num_iterations")
+        if args.init_num_iterations == 0 and not args.init_from:
+            raise UsageError("--init_num_iterations 0 skips phase 0, which needs a map to start from: "
+                             "give --init_from RUN/content.pth, or a positive --init_num_iterations")
+        if args.init_num_iterations == 0 and args.num_phase < 2:
+            raise UsageError("--init_num_iterations 0 with --num_phase 1 trains nothing: raise --num_phase")
+        check_non_negative(args, "init_num_iterations")
+    if args.init_from and not os.path.isfile(args.init_from):
+        raise UsageError(f"--init_from {args.init_from}: no such file; give a run's content.pth")
     check_non_negative(args, "lmbda", "fid_every", "clip", *(["r1_gamma"] if args.reg_name == "r1" else []))
     if not args.ema_decay < 1:
         raise UsageError(f"--ema_decay must be in (0, 1) (got {args.ema_decay})")
@@ -260,7 +272,8 @@ def describe(args, G, D):
         f"{length}; {args.dataset} {args.image_size}px, batch {args.batch_size}",
         f"loss {loss}; {reg}",
         f"lr_g {args.lr_g} lr_d {args.lr_d} betas ({args.beta1}, {args.beta2}), {lr}",
-        f"EMA {args.ema_decay if args.use_ema else 'off'}; nz {args.nz}; seed {args.seed}",
+        f"EMA {args.ema_decay if args.use_ema else 'off'}; nz {args.nz}; seed {args.seed}"
+        + (f"; networks from {args.init_from}" if args.init_from else ""),
         f"{args.model_name}: G {count_parameters(G) / 1e6:.2f}M parameters, D {count_parameters(D) / 1e6:.2f}M parameters"])
 
 
@@ -604,6 +617,10 @@ def run_training(argv, stop):
     G, D = build_generator(args), build_potential(args)
     run_dir = os.path.join(args.outdir, args.dataset, args.exp)
     resume = check_run_dir(run_dir, args)
+    init = None
+    if resume is None and args.init_from:   # a resumed run has moved on from them
+        init = read_checkpoint(args.init_from)
+        check_compatible(init["args"], args, args.init_from, [k for k in ARCH_KEYS if k != "dataset"], "--init_from")
     dataset = None if args.toy else build_image_dataset(args.dataset, args.datadir, args.image_size)
     if dataset is not None:
         check_batch_fits(args, dataset, "the dataset")
@@ -637,6 +654,9 @@ def run_training(argv, stop):
         run.inception = inception.to(device) if inception is not None else None
         torch.manual_seed(args.seed + rank)   # then a different noise stream per rank
         prepare_run_dir(run_dir, args, fresh=resume is None)
+        if init is not None:
+            run.state.start_from(init)
+            del init
         if resume is not None:
             run.state.load_state_dict(resume)
             load_rng_state_dict(resume, run.device, fallback_seed=args.seed + 7919 * run.state.step)

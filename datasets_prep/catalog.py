@@ -28,6 +28,8 @@ class DatasetInfo:
 DATASETS = {
     "digits": DatasetInfo(1, 8, ("train",), small=True, flip=False),
     "digits+outliers": DatasetInfo(1, 8, ("train",), small=True, flip=False),
+    "digits_train": DatasetInfo(1, 8, ("train",), small=True, flip=False),
+    "digits_train+shapes": DatasetInfo(1, 8, ("train",), small=True, flip=False),
     "mnist": DatasetInfo(1, 32, ("train", "test"), small=True, flip=False),
     "emnist": DatasetInfo(1, 32, ("train", "test"), small=True, flip=False),
     "cifar10": DatasetInfo(3, 32, ("train", "test"), small=True, flip=True),

@@ -24,7 +24,12 @@ digits and measures generated samples with it:
                      class: 1 when every sample is accepted and every class equally frequent,
                      0 when one class is all there is; rejected samples add nothing (noise ~0)
     outlier_fraction on digits+outliers: the share of samples that look like its inverted
-                     digits (datasets_prep.images.outlier_fraction)
+                     digits (datasets_prep.images.outlier_fraction, a brightness rule); on
+                     digits_train and digits_train+shapes: the share that the shape detector
+                     (`shape_detector`, a classifier of digits against stroke shapes, whose
+                     true- and false-positive rates `python -m datasets_prep.digits_eval`
+                     prints) calls a shape; on digits_train it is the false-positive rate on
+                     a generator that never saw a shape
 
 The classifier trains on the digits but a fixed held-out split of 360 (`split`): generators
 are compared with those training digits, and the held-out digits are the real control that
@@ -33,11 +38,13 @@ rank (real held-out digits, copies, one image per class, blurred, noise, ...).
 
 The classifier trains deterministically (fixed seed and split, one thread, fixed order) in
 about ten seconds the first time it is needed and is cached in
-$UOTM_CACHE (default ~/.cache/uotm)/digits_classifier.pt; with the cache every process
-of a study measures with the same network. docs/results.md gives the scale of digits_fd
+$UOTM_CACHE (default ~/.cache/uotm)/digits_classifier-<key>.pt, the key a hash of what its
+training reads (so a cache made by another recipe is never read); with the cache every process
+of a study measures with the same network. The shape detector is cached the same way. docs/results.md gives the scale of digits_fd
 (real digits against real digits, against noise and against blurred digits) and every
 measure on the controls (`python -m datasets_prep.digits_eval` prints both).
 """
+import hashlib
 import math
 import os
 
@@ -45,29 +52,36 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datasets_prep.images import build_image_dataset, outlier_fraction
+from datasets_prep.images import DIGITS_HELD_OUT as HELD_OUT
+from datasets_prep.images import OUTLIER_LABEL, build_image_dataset, digits_split, outlier_fraction, stroke_shapes
 from uot.fid import frechet_distance, precision_recall, statistics
 from uot.io import atomic_torch_save
 
-# the datasets this measure applies to, and whether they hold outliers to count
-MEASURED_DATASETS = {"digits": False, "digits+outliers": True}
+# the datasets this measure applies to, and the outliers it counts in their samples:
+# None, "inverted" (digits+outliers' inverted digits) or "shapes" (stroke shapes)
+MEASURED_DATASETS = {"digits": None, "digits+outliers": "inverted", "digits_train": "shapes",
+                     "digits_train+shapes": "shapes"}
 SAMPLES = 2000          # generated samples per measurement (train.py's saves)
 FEATURES = 64
-HELD_OUT = 360          # of the 1,797 digits, never trained on: the real control of the measures
+SHAPES_TRAIN, SHAPES_TEST = 2000, 2000   # the shape detector's training and test shapes (seeds 1, 2)
+CLASSIFIER_EPOCHS, SHAPE_EPOCHS = 30, 5
 MIN_CLASS_SHARE = 0.02  # a class is covered when at least 2% of the samples fall in it
 NEIGHBOURS = 3          # the k of the k-NN measures (precision, recall, the reject)
 REJECT_QUANTILE = 0.99  # the share of held-out digits the reject accepts, by construction
+# (held-out, train) indices: the held-out digits are never trained on, by the classifier or by a
+# generator trained on digits_train
+split = digits_split
 
 
-def classifier(seed=0):
-    """8x8 greyscale in [-1, 1] -> 10 logits; `features` is its 64-d penultimate layer.
+def classifier(seed=0, classes=10):
+    """8x8 greyscale in [-1, 1] -> `classes` logits; `features` is its 64-d penultimate layer.
     Its initial weights come from `seed` through a forked copy of the global generator: a
     measurement taken during training must not move the run's random stream."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, FEATURES), nn.ReLU(), nn.Linear(FEATURES, 10))
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, FEATURES), nn.ReLU(), nn.Linear(FEATURES, classes))
 
 
 def real_digits():
@@ -76,57 +90,86 @@ def real_digits():
     return dataset.images.float() / 127.5 - 1, dataset.labels
 
 
-def split(count, seed=0):
-    """(held-out, train) indices of `count` digits: a fixed seeded permutation."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
-    return order[:HELD_OUT], order[HELD_OUT:]
-
-
-def train_classifier(epochs=30, seed=0):
-    """Deterministic training on all digits but a fixed held-out set; returns (net, held-out accuracy)."""
-    images, labels = real_digits()
-    held_out, train = split(len(images), seed)
+def fit(net, images, labels, epochs, seed):
+    """Deterministic Adam training of `net` (fixed batch order, one thread: the same numbers on
+    every machine load); returns it in eval mode."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # the same numbers on every machine load
+    torch.set_num_threads(1)
     try:
-        net = classifier(seed)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         batches = torch.Generator().manual_seed(seed + 1)
         for _ in range(epochs):
-            for index in train[torch.randperm(len(train), generator=batches)].split(64):
+            for index in torch.randperm(len(images), generator=batches).split(64):
                 loss = F.cross_entropy(net(images[index]), labels[index])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        net.eval()
-        with torch.no_grad():
-            accuracy = (net(images[held_out]).argmax(1) == labels[held_out]).float().mean().item()
     finally:
         torch.set_num_threads(threads)
+    return net.eval()
+
+
+def train_classifier(epochs=CLASSIFIER_EPOCHS, seed=0):
+    """Trained on all digits but a fixed held-out set; returns (net, held-out accuracy)."""
+    images, labels = real_digits()
+    held_out, train = split(len(images), seed)
+    net = fit(classifier(seed), images[train], labels[train], epochs, seed)
+    with torch.no_grad():
+        accuracy = (net(images[held_out]).argmax(1) == labels[held_out]).float().mean().item()
     return net, accuracy
 
 
-def cache_path():
+def shapes_in_model_range(count, seed):
+    return stroke_shapes(count, seed).float() / 127.5 - 1
+
+
+def train_shape_detector(epochs=SHAPE_EPOCHS, seed=0):
+    """A classifier of the training digits (class 0) against stroke shapes (class 1, SHAPES_TRAIN
+    of seed 1; the shapes of digits_train+shapes are seed 0, the test shapes seed 2)."""
+    images = real_digits()[0][split(len(real_digits()[0]))[1]]
+    shapes = shapes_in_model_range(SHAPES_TRAIN, seed=1)
+    labels = torch.cat([torch.zeros(len(images), dtype=torch.long), torch.ones(len(shapes), dtype=torch.long)])
+    return fit(classifier(seed, classes=2), torch.cat([images, shapes]), labels, epochs, seed)
+
+
+def cache_path(name):
     return os.path.join(os.environ.get("UOTM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "uotm")),
-                        "digits_classifier.pt")
+                        f"{name}.pt")
 
 
 _loaded = {}
+
+
+def recipe_key(*parts):
+    """A short hash of what a network's training reads (its data, labels, epochs, seed): a cache
+    made from other data or by another recipe has another name and is never read instead."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.numpy().tobytes() if isinstance(part, torch.Tensor) else repr(part).encode())
+    return digest.hexdigest()[:12]
+
+
+def cached_network(name, build, train):
+    """The network `name`: read from the cache, or trained by `train()` and cached (trained the
+    same way everywhere, so that every process of a study measures with the same network)."""
+    path = cache_path(name)
+    if os.path.isfile(path):
+        net = build()
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    else:
+        net = train()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_torch_save(dict(state_dict=net.state_dict()), path)
+    return net.eval().requires_grad_(False)
 
 
 def load_classifier():
     """The cached classifier (trained and cached at first use), in eval mode, on the CPU, and
     the statistics (mean, covariance) of the real digits' features."""
     if "net" not in _loaded:
-        path = cache_path()
-        net = classifier()
-        if os.path.isfile(path):
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
-        else:
-            net, accuracy = train_classifier()
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_torch_save(dict(state_dict=net.state_dict(), held_out_accuracy=accuracy), path)
-        net.eval().requires_grad_(False)
+        images, labels = real_digits()
+        key = recipe_key(images, labels, split(len(images))[1], CLASSIFIER_EPOCHS, 0)
+        net = cached_network(f"digits_classifier-{key}", classifier, lambda: train_classifier()[0])
         _loaded["net"] = net
         images = real_digits()[0]
         feats = features(net, images)
@@ -135,6 +178,27 @@ def load_classifier():
         pixels = as_digits(images).flatten(1)
         _loaded["reference"] = calibrate(pixels[train], feats[train], pixels[held_out], feats[held_out])
     return _loaded["net"], _loaded["real"]
+
+
+def shape_fraction(images):
+    """The share of images in [-1, 1], (N, 1, H, W), that the shape detector calls a shape."""
+    if "shapes" not in _loaded:
+        key = recipe_key(real_digits()[0], shapes_in_model_range(SHAPES_TRAIN, seed=1), SHAPE_EPOCHS, 0)
+        _loaded["shapes"] = cached_network(f"digits_shape_detector-{key}", lambda: classifier(classes=2),
+                                           train_shape_detector)
+    with torch.no_grad():
+        return float((_loaded["shapes"](as_digits(images)).argmax(1) == 1).float().mean())
+
+
+def shape_detector_rates():
+    """The detector's true-positive rate on shapes it never saw (seed 2), as drawn and blurred
+    (3x3 box, halfway: a generator's imperfect shapes), and its false-positive rate on the
+    held-out digits."""
+    held_out = real_digits()[0][split(len(real_digits()[0]))[0]]
+    shapes = shapes_in_model_range(SHAPES_TEST, seed=2)
+    return {"true-positive rate, new shapes": shape_fraction(shapes),
+            "true-positive rate, new shapes half blurred": shape_fraction((shapes + blurred(shapes)) / 2),
+            "false-positive rate, held-out digits": shape_fraction(held_out)}
 
 
 def train_distances(train_rows, rows):
@@ -203,7 +267,7 @@ def predicted_classes(images, feats=None):
         return net[-1](features(net, images) if feats is None else feats).argmax(1)
 
 
-def digits_metrics(images, outliers=False):
+def digits_metrics(images, outliers=None):
     """The measures of the module docstring for generated images in [-1, 1], (N, 1, H, W)."""
     net, (mu_real, sigma_real) = load_classifier()
     ref = reference()
@@ -219,8 +283,10 @@ def digits_metrics(images, outliers=False):
                    train_distance_ratio=float(nearest.median()) / ref["median_nearest"],
                    classes_covered=int((share >= MIN_CLASS_SHARE).sum()),
                    class_entropy=float(-(nonzero * nonzero.log()).sum() / math.log(10)) + 0.0)  # no -0.0
-    if outliers:
+    if outliers == "inverted":
         metrics["outlier_fraction"] = outlier_fraction(images)
+    elif outliers == "shapes":
+        metrics["outlier_fraction"] = shape_fraction(images)
     return metrics
 
 
@@ -277,6 +343,18 @@ def controls(seed=0):
             "inverted held-out digits (-x)": -real}
 
 
+def nearest_source_share(dataset, draws=50000, seed=0):
+    """(the share of N(0, I) source draws whose nearest image of `dataset` (pixels in [-1, 1])
+    is an outlier, the outliers' share of the dataset). A ratio far above 1 means the source
+    favours the outliers: a map that sends each draw to a near image sends them to outliers."""
+    data = build_image_dataset(dataset, None, 8)
+    pixels = (data.images.float() / 127.5 - 1).flatten(1)
+    is_outlier = data.labels == OUTLIER_LABEL
+    source = torch.randn(draws, pixels.shape[1], generator=torch.Generator().manual_seed(seed))
+    nearest = torch.cat([torch.cdist(chunk, pixels).argmin(1) for chunk in source.split(5000)])
+    return float(is_outlier[nearest].float().mean()), float(is_outlier.float().mean())
+
+
 CONTROL_COLUMNS = ("digits_fd", "precision", "recall", "train_distance_ratio", "accepted_share",
                    "classes_covered", "class_entropy")
 
@@ -300,3 +378,9 @@ if __name__ == "__main__":   # python -m datasets_prep.digits_eval: the scale of
     print(f"reject: threshold {ref['threshold']:.3f} (the {REJECT_QUANTILE:.0%} quantile of the held-out digits' "
           f"scores); false-reject rate on held-out digits that did not set it: {ref['false_reject']:.3f}")
     print(controls_table())
+    for name, rate in shape_detector_rates().items():
+        print(f"shape detector: {name} {rate:.4f}")
+    for dataset in ("digits+outliers", "digits_train+shapes"):
+        share, outliers = nearest_source_share(dataset)
+        print(f"{dataset}: {share:.4f} of 50,000 N(0, I) draws have an outlier as nearest image; outliers are "
+              f"{outliers:.4f} of the set ({share / outliers:.1f}x)")

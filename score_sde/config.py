@@ -11,7 +11,7 @@ import torch.nn as nn
 from uot.cli import Refused
 from uot.errors import UsageError
 
-MODEL_NAMES = ("ncsnpp", "ddpm", "drunet", "otm", "dcgan", "toy")
+MODEL_NAMES = ("ncsnpp", "ddpm", "drunet", "otm", "dcgan", "mlp", "toy")
 NCSNPP_POTENTIAL = ("ncsnpp", "ddpm", "drunet")   # the maps whose potential is the public residual one
 
 
@@ -33,7 +33,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "no FIR (as the public S-JKO code builds it: --fir and --resblock_type are set); drunet: "
                         "the DRUNet U-Net map (widths ngf x ch_mult, 4 of them) + the residual potential; otm: the "
                         "S-JKO tables' 'Small' pair (a 192-d source for RGB; the public ResNet pair at 64 px); "
-                        "dcgan: a ~0.4M-parameter pair; toy: MLPs for the 2-D toys")
+                        "dcgan: a ~0.4M-parameter pair; mlp: plain MLPs on flattened images (--mlp_width, --mlp_depth), "
+                        "the digits study's pair; toy: MLPs for the 2-D toys")
     g.add_argument("--image_size", type=int, default=None,
                    help="image resolution in pixels (default: the dataset's, e.g. 32 for CIFAR-10); "
                         "for the 2-D toys (--model_name toy), the data dimension: 2")
@@ -71,6 +72,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--z_emb_dim", type=int, default=256, help="width of the z mapping network")
     g.add_argument("--nz", type=int, default=100, help="dimension of the auxiliary latent z")
     g.add_argument("--ngf", type=int, default=64, help="base width of the potential (and of the dcgan pair)")
+    g.add_argument("--mlp_width", type=int, default=512, help="--model_name mlp: units per hidden layer")
+    g.add_argument("--mlp_depth", type=int, default=3, help="--model_name mlp: hidden layers of the map and potential")
     return parser
 
 
@@ -121,6 +124,9 @@ def build_generator(cfg) -> nn.Module:
         from .dcgan import DCGANGenerator, check_dcgan_image_size
         check_dcgan_image_size(cfg.image_size)
         return DCGANGenerator(cfg.num_channels, cfg.nz, cfg.ngf, use_tanh=not cfg.not_use_tanh)
+    if cfg.model_name == "mlp":
+        from .mlp import MLPGenerator
+        return MLPGenerator(source_shape(cfg), cfg.nz, cfg.mlp_width, cfg.mlp_depth, use_tanh=not cfg.not_use_tanh)
     if cfg.model_name in ("ncsnpp", "ddpm"):
         from .ncsnpp import NCSNpp
         check_image_size(cfg)
@@ -148,6 +154,9 @@ def build_potential(cfg) -> nn.Module:
         from .dcgan import DCGANPotential, check_dcgan_image_size
         check_dcgan_image_size(cfg.image_size)
         return DCGANPotential(cfg.num_channels, cfg.ngf)
+    if cfg.model_name == "mlp":
+        from .mlp import MLPPotential
+        return MLPPotential(source_shape(cfg), cfg.mlp_width, cfg.mlp_depth)
     if cfg.model_name in NCSNPP_POTENTIAL:
         from .potentials import LargePotential, SmallPotential
         check_image_size(cfg)

@@ -7,13 +7,7 @@ import math
 
 import torch.nn as nn
 
-
-def _mlp(widths):
-    """Linear layers of the given widths with a SiLU between consecutive ones."""
-    layers = []
-    for i in range(len(widths) - 1):
-        layers += [nn.Linear(widths[i], widths[i + 1]), nn.SiLU()]
-    return nn.Sequential(*layers[:-1])
+from .mlp import mlp
 
 
 class ResidualMLP(nn.Module):
@@ -42,8 +36,8 @@ class ToyGenerator(nn.Module):
     def __init__(self, data_dim, nz, hidden=128, num_blocks=3):
         super().__init__()
         self.trunk = ResidualMLP(data_dim, hidden, num_blocks)
-        self.embed_z = _mlp([nz, hidden, hidden])
-        self.head = _mlp([hidden, hidden, data_dim])
+        self.embed_z = mlp([nz, hidden, hidden])
+        self.head = mlp([hidden, hidden, data_dim])
 
     def forward(self, x, z):
         return self.head(self.trunk(x) + self.embed_z(z))
@@ -55,7 +49,7 @@ class ToyPotential(nn.Module):
     def __init__(self, data_dim, hidden=128, num_blocks=3):
         super().__init__()
         self.trunk = ResidualMLP(data_dim, hidden, num_blocks)
-        self.head = _mlp([hidden, hidden, 1])
+        self.head = mlp([hidden, hidden, 1])
 
     def forward(self, y):
         return self.head(self.trunk(y)).squeeze(1)

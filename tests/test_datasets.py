@@ -123,6 +123,28 @@ def test_digits_shape_range_and_values():
     assert resized.min() == 0 and resized.max() == 255
 
 
+def test_digits_train_leaves_out_the_measures_held_out_digits_and_shapes_are_1_percent():
+    from datasets_prep.digits_eval import split
+    from datasets_prep.images import NUM_SHAPE_OUTLIERS, stroke_shapes
+    digits = as_uint8_tensor(build_image_dataset("digits", None, 8))
+    train = build_image_dataset("digits_train", None, 8)
+    held_out, kept = split(len(digits))
+    assert len(train) == 1797 - 360 and torch.equal(as_uint8_tensor(train), digits[kept])
+    assert set(held_out.tolist()).isdisjoint(kept.tolist()) and len(set(kept.tolist())) == 1437
+    shapes = build_image_dataset("digits_train+shapes", None, 8)
+    assert len(shapes) == 1437 + NUM_SHAPE_OUTLIERS == 1452
+    outliers = as_uint8_tensor(shapes)[1437:]
+    assert torch.equal(outliers, stroke_shapes(NUM_SHAPE_OUTLIERS, seed=0))
+    assert all(shapes[i][1] == OUTLIER_LABEL for i in range(1437, 1452)) and shapes[0][1] != OUTLIER_LABEL
+    # one-pixel strokes: a square's outline, an X, a plus, 4 to 6 pixels across
+    square, cross, plus = (outliers[i, 0] > 0 for i in range(3))
+    rows = square.any(1).nonzero().flatten()
+    size = len(rows)
+    assert 4 <= size <= 6 and square.sum() == 4 * size - 4
+    assert plus.sum() in (7, 9, 11)    # a row and a column of n pixels that share one: 2n - 1
+    assert cross.sum() in (8, 9, 12)   # two diagonals of n pixels, sharing the centre when n is odd
+
+
 def test_digits_with_outliers_appends_1_percent_inverted_digits():
     digits = build_image_dataset("digits", None, 8)
     mixed = build_image_dataset("digits+outliers", None, 8)

@@ -184,6 +184,23 @@ def test_dcgan_rejects_sizes_it_cannot_halve_twice(size):
         build_generator(parse("--model_name", "dcgan", "--image_size", str(size)))
 
 
+def test_mlp_pair_shapes_z_conditioning_and_parameter_count():
+    cfg = parse("--model_name", "mlp", "--image_size", "8", "--num_channels", "1", "--nz", "16")
+    gen, pot = build_generator(cfg), build_potential(cfg)
+    x = torch.randn(3, 1, 8, 8)
+    y1, y2 = gen(x, torch.randn(3, 16)), gen(x, torch.randn(3, 16))
+    assert y1.shape == x.shape and pot(y1).shape == (3,) and y1.abs().max() < 1   # tanh output
+    assert (y1 - y2).abs().max() > 1e-3
+    # 3 hidden layers of 512: G (64 + 16) -> 512 -> 512 -> 512 -> 64, D 64 -> 512 -> 512 -> 512 -> 1
+    assert count_parameters(gen) == 80 * 512 + 512 + 2 * (512 * 512 + 512) + 512 * 64 + 64 == 599_616
+    assert count_parameters(pot) == 64 * 512 + 512 + 2 * (512 * 512 + 512) + 512 + 1 == 559_105
+    narrow = parse("--model_name", "mlp", "--image_size", "4", "--num_channels", "3", "--nz", "2",
+                   "--mlp_width", "8", "--mlp_depth", "1", "--not_use_tanh")
+    gen = build_generator(narrow)
+    assert count_parameters(gen) == (48 + 2) * 8 + 8 + 8 * 48 + 48
+    assert gen(4 * torch.ones(2, 3, 4, 4), torch.zeros(2, 2)).shape == (2, 3, 4, 4)
+
+
 def test_toy_dispatch():
     cfg = parse("--model_name", "toy", "--image_size", "2", "--nz", "2")
     gen, pot = build_generator(cfg), build_potential(cfg)

@@ -334,6 +334,13 @@ USER_ERRORS = [
     pytest.param(TINY_IMAGE + " --outdir {in}/runs --exp broken --resume",
                  "broken/content.pth is not a readable checkpoint", id="unreadable checkpoint"),
     pytest.param(TINY_IMAGE + " --outdir {in}/runs --exp ngf8", "already holds a run", id="run directory in use"),
+    pytest.param(TINY_IMAGE + " --exp new --init_from {in}/runs/digits/ngf8/content.pth --ngf 16",
+                 "--init_from: {in}/runs/digits/ngf8/content.pth was made with --ngf 8, this run has 16",
+                 id="init_from another architecture"),
+    pytest.param(TINY_IMAGE + " --init_from {in}/nowhere.pth", "--init_from {in}/nowhere.pth: no such file",
+                 id="init_from nothing"),
+    pytest.param(TINY_IMAGE + " --num_phase 2 --phi2 kl --init_num_iterations 0",
+                 "--init_num_iterations 0 skips phase 0, which needs a map to start from", id="phase 0 from nothing"),
     pytest.param(TINY_IMAGE + " --device cuda", "--device cuda: no CUDA device", id="no CUDA",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is visible")),
 ]

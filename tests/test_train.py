@@ -168,6 +168,25 @@ def test_torchrun_resume_equals_an_uninterrupted_run(tmp_path):
         list(range(1, 15))
 
 
+def test_torchrun_init_from_runs_the_jko_steps_on_two_processes(tmp_path):
+    """--init_from under torchrun: both ranks load the run, phase 1 measures against its map,
+    and the ranks stay identical."""
+    assert run(TINY_IMAGE + " --batch_size 256 --num_epoch 1", tmp_path, "phase0") == 0
+    source = run_dir(tmp_path, "digits", "phase0") / "content.pth"
+    argv = shlex.split(TINY_IMAGE + " --batch_size 256 --num_phase 2 --init_num_iterations 0 --num_iterations 4 "
+                       f"--phi2 kl --log_every 2 --init_from {source}")
+    proc = subprocess.run(torchrun(2, "train.py", argv + ["--outdir", str(tmp_path), "--exp", "jko", "--device", "cpu"]),
+                          cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded, jko = load_checkpoint(str(source)), load_checkpoint(str(run_dir(tmp_path, "digits", "jko") / "content.pth"))
+    assert jko["step"] == 4
+    for name, value in loaded["G_ema"].items():
+        assert torch.equal(value, jko["G_ref"][name]), name
+    stats = read_jsonl(run_dir(tmp_path, "digits", "jko") / "stats.jsonl")
+    assert [r["step"] for r in stats] == [2, 4] and all(r["rank_param_spread"] == 0.0 for r in stats)
+
+
 def test_fid_every_logs_the_fid_of_the_ema_generator(tmp_path, torch_home, monkeypatch):
     # the Inception stand-in of conftest sits in the hub cache, where the real weights are looked up
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
@@ -209,6 +228,38 @@ def test_a_cpu_run_uses_one_torch_thread_unless_told_otherwise(environment, flag
         torch.set_num_threads(threads)
 
 
+def test_init_from_starts_the_jko_steps_from_the_runs_evaluated_map(tmp_path):
+    """S-JKO with --init_num_iterations 0: the loaded run's EMA map is phase 0's result, so
+    phase 1 measures its cost against it (G_ref) from step 0."""
+    assert run(TINY_IMAGE + " --batch_size 256 --num_epoch 1", tmp_path, "phase0") == 0
+    source = run_dir(tmp_path, "digits", "phase0") / "content.pth"
+    assert run(TINY_IMAGE + f" --batch_size 256 --num_phase 2 --init_num_iterations 0 --num_iterations 3 --phi2 kl "
+               f"--init_from {source}", tmp_path, "jko") == 0
+    loaded, jko = load_checkpoint(str(source)), load_checkpoint(str(run_dir(tmp_path, "digits", "jko") / "content.pth"))
+    assert jko["step"] == 3 and loaded["G_ema"].keys() == jko["G_ref"].keys()
+    for name, value in loaded["G_ema"].items():
+        assert torch.equal(value, jko["G_ref"][name]), name
+    log = (run_dir(tmp_path, "digits", "jko") / "log.txt").read_text()
+    assert "phase 1: steps 0-3" in log and "phase 0:" not in log and f"networks from {source}" in log
+
+
+def test_init_from_continues_uotm_with_fresh_optimisers(tmp_path):
+    """G and the EMA start as the loaded EMA, D as the loaded D; the step count and Adam restart
+    (at lr 1e-12 one epoch moves no weight by more than about 7 x 1e-12)."""
+    assert run(TINY_IMAGE + " --batch_size 256 --num_epoch 1", tmp_path, "first") == 0
+    source = run_dir(tmp_path, "digits", "first") / "content.pth"
+    assert run(TINY_IMAGE + f" --batch_size 256 --num_epoch 1 --lr_g 1e-12 --lr_d 1e-12 --eta_min 1e-12 "
+               f"--init_from {source}", tmp_path, "continued") == 0
+    loaded = load_checkpoint(str(source))
+    continued = load_checkpoint(str(run_dir(tmp_path, "digits", "continued") / "content.pth"))
+    assert continued["step"] == 7 and continued["opt_G"]["state"][0]["step"] == 7   # not 14: fresh
+    for mine, theirs in (("G", "G_ema"), ("G_ema", "G_ema"), ("D", "D")):
+        for name, value in loaded[theirs].items():
+            torch.testing.assert_close(continued[mine][name], value, rtol=0, atol=1e-9, msg=f"{mine}.{name}")
+    fresh = load_checkpoint(str(source))["G"]   # the first run's own G had moved away from its EMA
+    assert any(not torch.allclose(fresh[n], loaded["G_ema"][n]) for n in fresh)
+
+
 def test_the_digits_measure_does_not_move_the_runs_random_stream(tmp_path, monkeypatch):
     """A save at epoch 1 measures the digits; whether the measure's classifier is trained
     then (empty cache) or read from the cache, the run must end with the same weights."""
@@ -220,26 +271,31 @@ def test_the_digits_measure_does_not_move_the_runs_random_stream(tmp_path, monke
         digits_eval._loaded.clear()
         assert run(config, tmp_path, exp) == 0
         weights.append(load_checkpoint(str(run_dir(tmp_path, "digits", exp) / "content.pth"))["G"])
-    assert os.path.isfile(tmp_path / "cache" / "digits_classifier.pt")
+    assert [f.startswith("digits_classifier-") for f in os.listdir(tmp_path / "cache")] == [True]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
 
 
-def test_the_digits_configuration_has_one_definition():
-    """scripts/digits.flags is read by the demo, the study and the benchmarks: no copy of its
-    flags is written anywhere else in scripts/."""
-    with open(os.path.join(ROOT, "scripts", "digits.flags"), encoding="utf-8") as f:
-        flags = f.read().strip()
+def test_the_digits_configurations_have_one_definition_each():
+    """scripts/digits_mlp.flags (the demo's and the study's) and scripts/digits.flags (NCSN++:
+    the study's cross-check and the benchmarks) are read where they are used: no copy of
+    either's network flags is written anywhere else in scripts/."""
+    def read(name):
+        with open(os.path.join(ROOT, "scripts", name), encoding="utf-8") as f:
+            return f.read().strip()
+
+    mlp, ncsnpp = read("digits_mlp.flags"), read("digits.flags")
     env = dict(os.environ, PYTHON="printf %s\\n")
     proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "digits_demo.sh")], env=env,
                           capture_output=True, text=True, timeout=60, check=True)
-    assert " ".join(proc.stdout.split()).startswith("train.py " + flags)
-    network = flags[flags.index("--num_channels_dae"):flags.index("--batch_size")]   # its network flags
+    assert " ".join(proc.stdout.split()).startswith("train.py " + mlp)
+    networks = [mlp[mlp.index("--model_name"):mlp.index("--batch_size")],
+                ncsnpp[ncsnpp.index("--num_channels_dae"):ncsnpp.index("--batch_size")]]
     scripts = os.path.join(ROOT, "scripts")
     for name in (n for n in os.listdir(scripts) if n.endswith((".sh", ".py"))):
         with open(os.path.join(scripts, name), encoding="utf-8") as f:
             text = " ".join(f.read().replace('"', " ").split())
-        assert network not in text, name
+        assert not any(network in text for network in networks), name
 
 
 def test_fid_every_without_inception_weights_stops_before_writing(tmp_path):

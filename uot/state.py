@@ -54,6 +54,15 @@ class TrainState:
                     G_ref=self.G_ref.state_dict() if self.G_ref is not None else None,
                     opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict())
 
+    def start_from(self, state):
+        """Another run's networks (its state_dict()): G and the EMA start as the map it evaluated
+        (its EMA when it kept one), D as it was; the step count and the optimisers stay fresh."""
+        evaluated = state["G_ema"] if state["G_ema"] is not None else state["G"]
+        self.G.load_state_dict(evaluated)
+        self.D.load_state_dict(state["D"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(evaluated)
+
     def load_state_dict(self, state):
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
@@ -89,10 +98,11 @@ def load_rng_state_dict(state, device, fallback_seed):
         torch.cuda.set_rng_state(state["rng_cuda"][rank].clone())
 
 
-def check_compatible(ckpt_args, args, source, keys):
-    """Refuse to resume `source` (a checkpoint or options file holding `ckpt_args`) when one of
-    `keys`, the arguments its weights and data depend on, differs in `args`."""
+def check_compatible(ckpt_args, args, source, keys, flag="--resume"):
+    """Refuse to resume `source` (a checkpoint or options file holding `ckpt_args`), or to start
+    from it (`flag` --init_from), when one of `keys`, the arguments its weights and data depend
+    on, differs in `args`."""
     for key in keys:
         if key in ckpt_args and ckpt_args[key] != getattr(args, key):
-            raise UsageError(f"--resume: {source} was made with --{key} {ckpt_args[key]}, "
+            raise UsageError(f"{flag}: {source} was made with --{key} {ckpt_args[key]}, "
                              f"this run has {getattr(args, key)}; use the same value, or start a new run elsewhere")
