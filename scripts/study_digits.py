@@ -1,23 +1,33 @@
 """The papers' claims on real images, at CPU scale: a multi-seed study on scikit-learn's
-8x8 handwritten digits, in one command.
+8x8 handwritten digits, in one command (about an hour on 2 cores).
 
-    python scripts/study_digits.py [--out train_logs/study_digits] [--seeds 3] [--jobs 2]
-        [--rows NAME ...] [--epochs N]
+    python scripts/study_digits.py [--out train_logs/study_digits] [--jobs 2] [--rows NAME ...]
+    python scripts/study_digits.py --compare train_logs/study_digits/runs.jsonl
 
-Every row of ROWS is trained `--seeds` times by train.py (seeds 0, 1, ...), `--jobs` runs at
-a time with one torch thread each. A run that finished is never run again: its record in
-runs.jsonl is kept, so a second invocation skips it and a half-finished study continues
-(a run killed midway continues from its content.pth with --resume auto). Outputs in --out:
+The generators train on `digits_train` (the 1,437 digits outside the 360 that the digits
+measure, datasets_prep.digits_eval, holds out as its real control) and are measured at every
+save. Three stages, each row trained with its own number of seeds (seeds 0, 1, ...):
 
-  runs.jsonl      one record per run: the row, the seed, the flags, the exit code (3: the
-                  run diverged), the wall time, and the digits measures
-                  (datasets_prep.digits_eval: digits_fd, classes_covered, class_entropy,
-                  outlier_fraction on digits+outliers) at every save
-  results.md      per row, mean +- std over the seeds: the final measures, digits_fd over
-                  training, divergences, wall time
+  1. the main rows, 5 seeds: the digits MLP pair (scripts/digits_mlp.flags), 180 epochs of 11
+     iterations (1,980), trained to convergence; UOTM against OTM, GAN (three configurations:
+     as many as UOTM's tau sweep), GAN + transport cost, the course report's rows (softplus
+     against exp, EMA on and off), the pairings, and the outlier set digits_train+shapes;
+  2. S-JKO from a converged phase 0: each seed's uotm_kl run (--init_from) goes on for 2,200
+     iterations either as K = 10 JKO steps (h 0.1 or 1) or as UOTM continued, at the same
+     constant learning rate: the rows differ only in the cost's reference and weight;
+  3. the cross-check on the papers' NCSN++ (scripts/digits.flags), 3 seeds of 12 epochs: too
+     short to converge, a check that the main rows' ordering is not the MLP's alone.
+
+`--jobs` runs at a time with one torch thread each. A run that finished is never run again:
+its record in runs.jsonl is kept, so a second invocation skips it and a half-finished study
+continues (a run killed midway continues from its content.pth with --resume auto). Outputs:
+
+  runs.jsonl      one record per run: row, seed, flags, exit code (3: diverged), seconds, the
+                  CPU model, torch and Python versions, and every save's digits measures
+  results.md      per row, mean +- std over the seeds of the final measures, the curve, and
+                  whether it is flat (last two saves within 5%); then the comparisons
   samples.png     the final samples of every row's first seed
   curves.png      digits_fd over training per row, the mean over seeds
-  runs/           the train.py run directories
 
 digits_fd is a Frechet distance on the features of a small digit classifier, not FID.
 """
@@ -25,87 +35,119 @@ import argparse
 import concurrent.futures
 import json
 import os
+import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import time
 
+import torch
+
 from uot.io import RecordLog, atomic_write_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 
-# The common settings of every run: a small NCSN++ map (16 channels) and potential (ngf 8) on
-# the digits at their own 8 px, batch 32, the published optimiser and R1, and an EMA of decay
-# 0.99 evaluated at every save (0.999 lags by ~700 iterations: longer than a run). EPOCHS epochs
-# of 56 iterations, a save every SAVE_EVERY epochs: about 150 s per run on one core.
-EPOCHS, SAVE_EVERY = 12, 2
-ITERS_PER_EPOCH = 1797 // 32
-# scripts/digits.flags: the digits configuration (networks, batch, EMA decay 0.99, tau 0.048),
-# read by the demo and the benchmarks too
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.flags"), encoding="utf-8") as f:
-    DIGITS_FLAGS = f.read().strip()
-COMMON = DIGITS_FLAGS + " --ema --log_every 100"
 
-# UOTM's tau weighs a cost summed over pixels: the published 1e-3 at CIFAR-10's d = 3072 is
-# tau d = 3.07 per unit of mean squared pixel distance. The same weight at the digits' d = 64
-# is tau = 0.048, the study's default (digits.flags); 1e-3 here would be a 48x weaker cost.
+def read_flags(name):
+    with open(os.path.join(SCRIPTS, name), encoding="utf-8") as f:
+        return f.read().strip()
+
+
+# scripts/digits_mlp.flags: the digits MLP configuration (networks, batch, learning rates, EMA
+# decay 0.99, tau 0.024), read by the demo too; scripts/digits.flags: the NCSN++ one
+MLP, NCSNPP = read_flags("digits_mlp.flags"), read_flags("digits.flags")
+ITERS_PER_EPOCH = 1437 // 128        # batch 128 on the 1,437 digits of digits_train
+EPOCHS, SAVE_EVERY = 180, 20
+# stage 2: 10 JKO steps of 220 iterations = 200 epochs of UOTM, at lr 1e-4 (constant) for both
+JKO_STEPS, JKO_ITERS, CONTINUE_LR = 10, 220, 1e-4
+NCSNPP_EPOCHS, NCSNPP_SAVE_EVERY = 12, 2   # 44 iterations per epoch at batch 32
 
 
 def uotm(flags=""):
-    return (f"--num_epoch {{epochs}} --schedule {{epochs}} --save_image_every {{save_every}} "
+    return f"{MLP} --num_epoch {EPOCHS} --schedule {EPOCHS} --save_image_every {SAVE_EVERY} {flags}"
+
+
+def continued(flags):
+    """Stage 2: from uotm_kl's final networks, constant learning rate, no data noise, the same
+    Psi* pair, pairing and EMA as uotm_kl; `flags` pick UOTM or the JKO steps."""
+    return (f"{MLP} --lr_g {CONTINUE_LR} --lr_d {CONTINUE_LR} --ema --phi1 kl --phi2 kl "
             f"--potential_pairing all_pairs {flags}")
 
 
-def sjko(flags):
-    """10 JKO steps over the same number of iterations as the UOTM rows, h = 0.1 (the S-JKO-JSD
-    CIFAR-10 value). The JKO cost sum (y - y_ref)^2 / (2 d h) is per pixel already: 1 / (2h) = 5
-    per unit of mean squared distance, next to UOTM's tau d = 3.07."""
-    return ("--num_phase 10 --init_h 0.1 --h 0.1 --init_num_iterations {phase_iters} --num_iterations {phase_iters} "
-            "--lr_scheduler --save_image_every {save_iters} " + flags)
+def sjko(h):
+    return continued(f"--num_phase {JKO_STEPS + 1} --init_num_iterations 0 --num_iterations {JKO_ITERS} "
+                     f"--init_h 1 --h {h} --no_data_noise --save_image_every {JKO_ITERS}")
 
 
-# (row name, group, what it tests, train.py flags); flags given later win over uotm()'s.
+def ncsnpp(flags=""):
+    return (f"{NCSNPP} --dataset digits_train --ema --num_epoch {NCSNPP_EPOCHS} --schedule {NCSNPP_EPOCHS} "
+            f"--save_image_every {NCSNPP_SAVE_EVERY} {flags}")
+
+
+GAN_DCGAN = "--lr_g 2e-4 --lr_d 2e-4 --beta1 0.5 --beta2 0.999"   # DCGAN's optimiser (Radford et al.)
+SHAPES = "--dataset digits_train+shapes"
+
+# (name, group, what, train.py flags (the later of a repeated flag wins), seeds, the row whose
+# final content.pth the run starts from (stage 2) or None)
 ROWS = [
-    ("uotm_kl", "Psi*", "UOTM (kl, kl), tau 0.048, all-pairs potential loss (the public code's)",
-     uotm("--phi1 kl --phi2 kl")),
-    ("uotm_softplus", "Psi*", "UOTM (softplus, softplus)", uotm("--phi1 softplus --phi2 softplus")),
-    ("uotm_chi", "Psi*", "UOTM (chi, chi)", uotm("--phi1 chi --phi2 chi")),
-    ("otm", "OT vs UOT", "OTM: balanced OT (linear, linear)", uotm("--phi1 linear --phi2 linear")),
-    ("source_fixed", "OT vs UOT", "source-fixed UOTM (linear, kl)", uotm("--phi1 linear --phi2 kl")),
-    ("sjko", "S-JKO", "S-JKO (kl), K = 10, h = 0.1", sjko("--phi2 kl")),
-    ("sjko_jsd", "S-JKO", "S-JKO-JSD, K = 10, h = 0.1", sjko("")),
-    ("gan", "GAN", "non-saturating GAN, same networks and R1", uotm("--loss gan")),
-    ("uotm_kl_no_ema", "EMA", "UOTM (kl, kl) without EMA", uotm("--phi1 kl --phi2 kl --no_use_ema")),
-    ("gan_no_ema", "EMA", "GAN without EMA", uotm("--loss gan --no_use_ema")),
-    ("uotm_kl_per_sample", "pairing", "UOTM (kl, kl), per-sample potential loss (the paper's); compare uotm_kl",
-     uotm("--phi1 kl --phi2 kl --potential_pairing per_sample")),
-    ("tau_0.0048", "tau", "UOTM (kl, kl), tau 0.0048 (10x below)", uotm("--phi1 kl --phi2 kl --tau 0.0048")),
-    ("tau_0.024", "tau", "UOTM (kl, kl), tau 0.024 (2x below)", uotm("--phi1 kl --phi2 kl --tau 0.024")),
-    ("tau_0.096", "tau", "UOTM (kl, kl), tau 0.096 (2x above)", uotm("--phi1 kl --phi2 kl --tau 0.096")),
-    ("tau_0.24", "tau", "UOTM (kl, kl), tau 0.24 (5x above)", uotm("--phi1 kl --phi2 kl --tau 0.24")),
-    ("outliers_uotm", "outliers", "UOTM (kl, kl) on digits + 1% inverted digits",
-     uotm("--phi1 kl --phi2 kl --dataset digits+outliers")),
-    ("outliers_otm", "outliers", "OTM on digits + 1% inverted digits",
-     uotm("--phi1 linear --phi2 linear --dataset digits+outliers")),
-    ("outliers_gan", "outliers", "GAN on digits + 1% inverted digits", uotm("--loss gan --dataset digits+outliers")),
+    ("uotm_kl", "main", "UOTM (kl, kl), tau 0.024, all-pairs potential loss (the public code's)", uotm(), 5, None),
+    ("tau_0.012", "tau", "UOTM (kl, kl), tau 0.012 (2x below)", uotm("--tau 0.012"), 5, None),
+    ("tau_0.048", "tau", "UOTM (kl, kl), tau 0.048 (2x above; the published 1e-3 per CIFAR-10 pixel)",
+     uotm("--tau 0.048"), 5, None),
+    ("otm", "main", "OTM: balanced OT (linear, linear)", uotm("--phi1 linear --phi2 linear"), 5, None),
+    ("gan", "GAN", "non-saturating GAN, the study's optimiser and R1 0.2", uotm("--loss gan"), 5, None),
+    ("gan_dcgan_opt", "GAN", "GAN, DCGAN's optimiser: lr 2e-4, betas (0.5, 0.999)", uotm(f"--loss gan {GAN_DCGAN}"),
+     5, None),
+    ("gan_r1_1", "GAN", "GAN, R1 weight 1 (5x)", uotm("--loss gan --r1_gamma 1"), 5, None),
+    ("gan_cost", "GAN", "GAN loss + the transport cost, tau 0.024 (--loss jsd)", uotm("--loss jsd"), 5, None),
+    ("uotm_softplus", "course report", "UOTM (softplus, softplus)", uotm("--phi1 softplus --phi2 softplus"), 5, None),
+    ("uotm_kl_no_ema", "course report", "UOTM (kl, kl) without EMA", uotm("--no_ema"), 5, None),
+    ("uotm_kl_per_sample", "pairing", "UOTM (kl, kl), per-sample potential loss (the paper's)",
+     uotm("--potential_pairing per_sample"), 5, None),
+    ("shapes_uotm", "outliers", "UOTM (kl, kl) on digits_train + 1% stroke shapes", uotm(SHAPES), 5, None),
+    ("shapes_otm", "outliers", "OTM on digits_train + 1% stroke shapes", uotm(f"--phi1 linear --phi2 linear {SHAPES}"),
+     5, None),
+    ("uotm_continued", "S-JKO", f"uotm_kl continued {JKO_STEPS * JKO_ITERS} iterations at lr {CONTINUE_LR}",
+     continued(f"--num_epoch {JKO_STEPS * JKO_ITERS // ITERS_PER_EPOCH} --no_lr_decay --save_image_every 20"),
+     5, "uotm_kl"),
+    ("sjko_h0.1", "S-JKO", f"uotm_kl + {JKO_STEPS} JKO steps of {JKO_ITERS} iterations, h 0.1", sjko(0.1), 5, "uotm_kl"),
+    ("sjko_h1", "S-JKO", f"uotm_kl + {JKO_STEPS} JKO steps of {JKO_ITERS} iterations, h 1", sjko(1), 5, "uotm_kl"),
+    ("ncsnpp_uotm", "NCSN++", "UOTM (kl, kl), tau 0.048, NCSN++ (12 epochs)", ncsnpp(), 3, None),
+    ("ncsnpp_otm", "NCSN++", "OTM, NCSN++", ncsnpp("--phi1 linear --phi2 linear"), 3, None),
+    ("ncsnpp_gan", "NCSN++", "GAN, NCSN++", ncsnpp("--loss gan"), 3, None),
+    ("ncsnpp_shapes_uotm", "NCSN++", "UOTM on digits_train + 1% shapes, NCSN++", ncsnpp(SHAPES), 3, None),
 ]
+STAGES = {"S-JKO": 2, "NCSN++": 3}   # every other group is stage 1
 
 
-def run_flags(row_flags, epochs, seed, out):
-    iters = epochs * ITERS_PER_EPOCH
-    flags = row_flags.format(epochs=epochs, save_every=SAVE_EVERY, phase_iters=iters // 10,
-                             save_iters=SAVE_EVERY * ITERS_PER_EPOCH)
-    return shlex.split(COMMON) + shlex.split(flags) + ["--seed", str(seed), "--outdir", out, "--device", "cpu",
-                                                       "--save_ckpt_every", "100000", "--resume", "auto"]
-
-
-def train_one(name, row_flags, seed, epochs, out):
-    """One train.py run in its own process, one thread, under <out>/runs; returns its record."""
-    exp = f"{name}_seed{seed}"
-    argv = run_flags(row_flags, epochs, seed, os.path.join(out, "runs")) + ["--exp", exp]
+def row_argv(row, seed, out):
+    """train.py's arguments for one run of `row`, and its run directory."""
+    name, _, _, flags, _, init_row = row
+    argv = shlex.split(flags) + ["--seed", str(seed), "--outdir", os.path.join(out, "runs"), "--device", "cpu",
+                                 "--save_ckpt_every", "100000", "--log_every", "100", "--resume", "auto",
+                                 "--exp", f"{name}_seed{seed}"]
     dataset = argv[max(i for i, flag in enumerate(argv) if flag == "--dataset") + 1]   # the last one wins
-    run_dir = os.path.join(out, "runs", dataset, exp)
+    if init_row is not None:
+        argv += ["--init_from", os.path.join(out, "runs", dataset, f"{init_row}_seed{seed}", "content.pth")]
+    return argv, os.path.join(out, "runs", dataset, f"{name}_seed{seed}")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def train_one(row, seed, out, wait_for=None):
+    """One train.py run in its own process, one thread, under <out>/runs; returns its record.
+    `wait_for`: the future of the run it starts from."""
+    if wait_for is not None:
+        wait_for.result()
+    argv, run_dir = row_argv(row, seed, out)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     start = time.time()
     os.makedirs(run_dir, exist_ok=True)
@@ -114,7 +156,8 @@ def train_one(name, row_flags, seed, epochs, out):
                               stdout=log, stderr=subprocess.STDOUT).returncode
     metrics_path = os.path.join(run_dir, "metrics.json")
     saves = json.load(open(metrics_path)) if os.path.exists(metrics_path) else []
-    return dict(row=name, seed=seed, exit_code=code, diverged=code == 3, seconds=round(time.time() - start, 1),
+    return dict(row=row[0], seed=seed, exit_code=code, diverged=code == 3, seconds=round(time.time() - start, 1),
+                cpu=cpu_model(), torch=torch.__version__, python=platform.python_version(),
                 flags=shlex.join(argv), run_dir=os.path.relpath(run_dir, out), saves=saves)
 
 
@@ -134,26 +177,115 @@ def final(record, key):
     return record["saves"][-1][key]
 
 
+def mean_curve(records, row, key):
+    """The seed-mean of `key` per save over the runs of `row` that did not diverge."""
+    curves = [[s[key] for s in r["saves"]] for r in records if r["row"] == row and not r["diverged"] and r["saves"]]
+    if not curves:
+        return []
+    return [statistics.mean(c[i] for c in curves if len(c) > i) for i in range(max(map(len, curves)))]
+
+
+FLAT = 0.05   # a row is flat when its seed-mean digits_fd moved by at most 5% over its last two saves
+
+
+def last_change(records, row, key="digits_fd"):
+    curve = mean_curve(records, row, key)
+    return abs(curve[-1] - curve[-2]) / abs(curve[-2]) if len(curve) >= 2 and curve[-2] else None
+
+
 def results_table(records, rows):
-    lines = ["| row | what | digits_fd (final) | classes covered | class entropy | outliers | digits_fd over "
-             "training (mean over seeds, per save) | diverged | seconds |", "|---" * 9 + "|"]
-    for name, group, what, _ in rows:
+    keys = ("digits_fd", "precision", "recall", "train_distance_ratio", "accepted_share", "classes_covered")
+    lines = ["| row | what | n | " + " | ".join(keys) + " | outliers | digits_fd per save (seed mean) | last-save "
+             "change | diverged | seconds |", "|---" * (len(keys) + 9) + "|"]
+    for name, group, what, *_ in rows:
         runs = [r for r in records if r["row"] == name]
         if not runs:
             continue
-        ok = [r for r in runs if not r["diverged"]]
-        curve = []
-        for i in range(max((len(r["saves"]) for r in ok), default=0)):
-            values = [r["saves"][i]["digits_fd"] for r in ok if len(r["saves"]) > i]
-            curve.append(f"{statistics.mean(values):.0f}")
-        outliers = mean_sd([final(r, "outlier_fraction") for r in runs], "{:.3f}") \
-            if any("outlier_fraction" in (r["saves"] or [{}])[-1] for r in ok) else ""
-        lines.append(f"| {name} | {what} | {mean_sd([final(r, 'digits_fd') for r in runs])} | "
-                     f"{mean_sd([final(r, 'classes_covered') for r in runs])} | "
-                     f"{mean_sd([final(r, 'class_entropy') for r in runs], '{:.3f}')} | {outliers} | "
-                     f"{' '.join(curve)} | {sum(r['diverged'] for r in runs)}/{len(runs)} | "
-                     f"{mean_sd([r['seconds'] for r in runs], '{:.0f}')} |")
+        change = last_change(records, name)
+        flat = "n/a" if change is None else f"{change:.1%}" + ("" if change <= FLAT else " (not converged)")
+        outliers = mean_sd([final(r, "outlier_fraction") for r in runs], "{:.4f}")
+        lines.append(f"| {name} | {what} | {sum(not r['diverged'] for r in runs)} | " + " | ".join(
+            mean_sd([final(r, k) for r in runs], "{:.2f}" if k != "digits_fd" else "{:.1f}") for k in keys) +
+            f" | {outliers} | {' '.join(f'{v:.0f}' for v in mean_curve(records, name, 'digits_fd'))} | {flat} | "
+            f"{sum(r['diverged'] for r in runs)}/{len(runs)} | {mean_sd([r['seconds'] for r in runs], '{:.0f}')} |")
     return "\n".join(lines)
+
+
+# The claims the results page tests: (row A, row B, measure, claim, direction): True when the
+# claim is that A is lower (digits_fd), False that A is higher (recall), None when the
+# comparison has no direction to hold. "best_gan" stands for the GAN row of the three tuned
+# ones with the lowest mean final digits_fd. Whether a row is flat is read on its digits_fd.
+COMPARISONS = [
+    ("uotm_kl", "otm", "digits_fd", "UOTM paper: UOT generates better than OT (OTM)", True),
+    ("uotm_kl", "otm", "recall", "UOTM against OTM: recall", None),
+    ("uotm_kl", "best_gan", "digits_fd", "UOTM paper: UOTM generates better than a GAN (its best of three)", True),
+    ("uotm_kl", "best_gan", "recall", "UOTM against the best GAN: recall", None),
+    ("uotm_kl", "best_gan", "precision", "UOTM against the best GAN: precision", None),
+    ("gan_cost", "gan", "digits_fd", "the transport cost helps a GAN (same optimiser and R1)", True),
+    ("uotm_kl", "gan_cost", "digits_fd", "the semi-dual UOT loss helps beyond the cost (both with it)", True),
+    ("uotm_softplus", "uotm_kl", "digits_fd", "course report: softplus trains better than exp (kl)", True),
+    ("uotm_kl", "uotm_kl_no_ema", "digits_fd", "course report: EMA helps", True),
+    ("uotm_kl_per_sample", "uotm_kl", "digits_fd", "per-sample against all-pairs potential loss", None),
+    ("uotm_kl", "tau_0.012", "digits_fd", "tau 0.024 against 0.012", None),
+    ("uotm_kl", "tau_0.048", "digits_fd", "tau 0.024 against 0.048", None),
+    ("sjko_h0.1", "uotm_continued", "digits_fd", "S-JKO paper: JKO steps improve on UOTM (h 0.1)", True),
+    ("sjko_h1", "uotm_continued", "digits_fd", "S-JKO paper: JKO steps improve on UOTM (h 1)", True),
+    ("shapes_uotm", "shapes_otm", "outlier_fraction", "UOTM paper: UOTM generates fewer outliers than OTM", True),
+    ("shapes_uotm", "uotm_kl", "outlier_fraction", "UOTM: shapes in its samples against the detector's "
+     "false positives on UOTM trained without shapes", None),
+    ("shapes_uotm", "shapes_otm", "digits_fd", "UOTM against OTM with outliers in the data", None),
+    ("ncsnpp_uotm", "ncsnpp_otm", "digits_fd", "NCSN++ cross-check: UOTM against OTM", None),
+    ("ncsnpp_uotm", "ncsnpp_gan", "digits_fd", "NCSN++ cross-check: UOTM against GAN", None),
+]
+GANS = ("gan", "gan_dcgan_opt", "gan_r1_1")
+
+
+def finals(records, row, key):
+    return [v for r in records if r["row"] == row and (v := final(r, key)) is not None]
+
+
+def best_gan(records):
+    scored = [(statistics.mean(x), row) for row in GANS if (x := finals(records, row, "digits_fd"))]
+    return min(scored)[1] if scored else None
+
+
+def verdict(xa, xb, claim_lower, flat):
+    """(p, the verdict): Welch's t-test of the two rows' finals; `claim_lower` as in COMPARISONS."""
+    from scipy.stats import ttest_ind
+
+    if len(xa) < 2 or len(xb) < 2:
+        return None, "too few runs"
+    p = float(ttest_ind(xa, xb, equal_var=False).pvalue)
+    if p != p:   # both constant: no spread to test
+        p = 1.0 if statistics.mean(xa) == statistics.mean(xb) else 0.0
+    if p >= 0.05:
+        return p, f"no difference detected (n = {len(xa)}, {len(xb)})"
+    lower = statistics.mean(xa) < statistics.mean(xb)
+    if claim_lower is None:
+        found = f"differ: the first lower (p < 0.05)" if lower else "differ: the second lower (p < 0.05)"
+    else:
+        found = "held" if lower == claim_lower else "contradicted"
+    return p, found if flat else f"{found}, but a row is not converged: no verdict"
+
+
+def compare(records):
+    """The lines of COMPARISONS for `records` (the study's runs.jsonl)."""
+    lines = ["| claim | row A | row B | measure | A (mean +- sd, n) | B (mean +- sd, n) | last-save change A / B | "
+             "Welch p | verdict |", "|---" * 9 + "|"]
+    gan = best_gan(records)
+    for a, b, key, claim, lower in COMPARISONS:
+        b = gan if b == "best_gan" else b
+        xa, xb = finals(records, a, key), finals(records, b, key)
+        if not xa or not xb:
+            continue
+        ca, cb = last_change(records, a), last_change(records, b)
+        flat = None not in (ca, cb) and max(ca, cb) <= FLAT
+        p, found = verdict(xa, xb, lower, flat)
+        fmt = "{:.4f}" if key == "outlier_fraction" else "{:.2f}" if key == "digits_fd" else "{:.3f}"
+        lines.append(f"| {claim} | {a} | {b} | {key} | {mean_sd(xa, fmt)} ({len(xa)}) | {mean_sd(xb, fmt)} "
+                     f"({len(xb)}) | {'n/a' if ca is None else f'{ca:.1%}'} / {'n/a' if cb is None else f'{cb:.1%}'} "
+                     f"| {'n/a' if p is None else f'{p:.2g}'} | {found} |")
+    return lines
 
 
 def figures(records, rows, out):
@@ -165,7 +297,7 @@ def figures(records, rows, out):
 
     from uot.plots import save_figure
 
-    shown = [(name, what) for name, _, what, _ in rows if any(r["row"] == name for r in records)]
+    shown = [(name, what) for name, _, what, *_ in rows if any(r["row"] == name for r in records)]
     cols = 5
     fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(2.6 * cols, 2.9 * -(-len(shown) // cols)),
                              squeeze=False)
@@ -180,88 +312,59 @@ def figures(records, rows, out):
         ax.set_title(f"{name}\nseed {first['seed']}" + (" (diverged)" if first["diverged"] else ""), fontsize=8)
     save_figure(fig, os.path.join(out, "samples.png"))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, group, _, _ in rows:
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    panel = {"main": 0, "tau": 0, "GAN": 0, "course report": 1, "pairing": 1, "outliers": 1, "S-JKO": 2, "NCSN++": 2}
+    for name, group, *_ in rows:
         ok = [r for r in records if r["row"] == name and not r["diverged"] and r["saves"]]
         if not ok:
             continue
-        steps = [s["step"] for s in ok[0]["saves"]]
-        curve = [statistics.mean(r["saves"][i]["digits_fd"] for r in ok if len(r["saves"]) > i)
-                 for i in range(len(steps))]
-        ax = axes[0] if group in ("Psi*", "OT vs UOT", "S-JKO", "GAN") else axes[1]
-        ax.plot(steps, curve, marker="o", ms=3, label=name)
+        steps = [s["step"] for s in max(ok, key=lambda r: len(r["saves"]))["saves"]]
+        axes[panel[group]].plot(steps, mean_curve(records, name, "digits_fd"), marker="o", ms=3, label=name)
     for ax in axes:
-        ax.set(xlabel="iteration", ylabel="digits_fd (mean over seeds)", yscale="log")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="iteration (S-JKO, continued: after uotm_kl's)", ylabel="digits_fd (mean over seeds)",
+               yscale="log")
+        if ax.lines:
+            ax.legend(fontsize=7)
     save_figure(fig, os.path.join(out, "curves.png"))
-
-
-# The comparisons the results page reports: (row, row, measure). Each prints n per row, the
-# means, Welch's t-test p, and how far each row's mean curve still moved between its last two
-# saves (a row whose curve still moves by more than 5% has not converged: no verdict).
-COMPARISONS = [("uotm_kl", "otm", "digits_fd"), ("uotm_kl", "uotm_softplus", "digits_fd"),
-               ("uotm_kl", "uotm_chi", "digits_fd"), ("uotm_kl", "tau_0.024", "digits_fd"),
-               ("uotm_kl", "source_fixed", "digits_fd"), ("uotm_kl", "sjko", "digits_fd"),
-               ("uotm_kl", "sjko_jsd", "digits_fd"), ("uotm_kl", "gan", "digits_fd"),
-               ("uotm_kl", "uotm_kl_no_ema", "digits_fd"), ("uotm_kl", "uotm_kl_per_sample", "digits_fd"),
-               ("outliers_uotm", "outliers_otm", "outlier_fraction")]
-
-
-def compare(records):
-    """The lines of COMPARISONS for `records` (the study's runs.jsonl)."""
-    from scipy.stats import ttest_ind
-
-    def finals(row, key):
-        return [v for r in records if r["row"] == row and (v := final(r, key)) is not None]
-
-    def last_change(row, key):   # relative change of the seed-mean curve over its last two saves
-        curves = [[s[key] for s in r["saves"]] for r in records if r["row"] == row and not r["diverged"]]
-        a, b = (statistics.mean(c[i] for c in curves) for i in (-2, -1))
-        return abs(b - a) / abs(a)
-
-    lines = []
-    for a, b, key in COMPARISONS:
-        xa, xb = finals(a, key), finals(b, key)
-        p = ttest_ind(xa, xb, equal_var=False).pvalue
-        lines.append(f"{key}: {a} {statistics.mean(xa):.3f} (n={len(xa)}, last-save change "
-                     f"{last_change(a, key):.0%}) vs {b} {statistics.mean(xb):.3f} (n={len(xb)}, "
-                     f"{last_change(b, key):.0%}): Welch p = {p:.3g}")
-    return lines
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join("train_logs", "study_digits"))
-    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
     p.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
-    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--seeds", type=int, default=None, help="at most this many seeds per row (default: each row's)")
     p.add_argument("--compare", metavar="RUNS.jsonl", help="print the comparisons of a finished study and exit")
     a = p.parse_args(argv)
     if a.compare:
         with open(a.compare, encoding="utf-8") as f:
             print("\n".join(compare([json.loads(line) for line in f if line.strip()])))
         return
-    rows = [row for row in ROWS if a.rows is None or row[0] in a.rows]
     unknown = set(a.rows or []) - {row[0] for row in ROWS}
     if unknown:
         p.error(f"--rows: unknown {', '.join(sorted(unknown))}; choose from {', '.join(r[0] for r in ROWS)}")
+    rows = [row for row in ROWS if a.rows is None or row[0] in a.rows]
     os.makedirs(a.out, exist_ok=True)
     log = RecordLog(os.path.join(a.out, "runs.jsonl"))   # rewritten atomically at every append
     records = log.records
     done = {(r["row"], r["seed"]) for r in records}
-    todo = [(name, flags, seed) for seed in range(a.seeds) for name, _, _, flags in rows if (name, seed) not in done]
+    # stage by stage, seed-major within a stage (every row gets its first seeds first)
+    todo = sorted(((STAGES.get(row[1], 1), seed, i, row) for i, row in enumerate(rows)
+                   for seed in range(min(row[4], a.seeds or row[4])) if (row[0], seed) not in done),
+                  key=lambda t: t[:3])
     print(f"{len(done)} runs done, {len(todo)} to run, {a.jobs} at a time", flush=True)
     start = time.time()
+    futures = {}
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-        futures = [pool.submit(train_one, name, flags, seed, a.epochs, a.out) for name, flags, seed in todo]
-        for future in concurrent.futures.as_completed(futures):
+        for _, seed, _, row in todo:
+            futures[(row[0], seed)] = pool.submit(train_one, row, seed, a.out, futures.get((row[5], seed)))
+        for future in concurrent.futures.as_completed(futures.values()):
             record = future.result()
             log.append(record)
             last = final(record, "digits_fd")
             print(f"[{time.time() - start:6.0f} s] {record['row']} seed {record['seed']}: exit {record['exit_code']}, "
                   f"digits_fd {'n/a' if last is None else f'{last:.1f}'}, {record['seconds']:.0f} s", flush=True)
-    table = results_table(records, rows)
+    table = results_table(records, rows) + "\n\n" + "\n".join(compare(records))
     atomic_write_text(os.path.join(a.out, "results.md"), table + "\n")
     print(table)
     figures(records, rows, a.out)
