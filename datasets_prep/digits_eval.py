@@ -26,7 +26,7 @@ digits and measures generated samples with it:
     outlier_fraction on digits+outliers: the share of samples that look like its inverted
                      digits (datasets_prep.images.outlier_fraction, a brightness rule); on
                      digits_train and digits_train+shapes: the share that the shape detector
-                     (`shape_detector`, a classifier of digits against stroke shapes, whose
+                     (`shape_fraction`, a classifier of digits against stroke shapes, whose
                      true- and false-positive rates `python -m datasets_prep.digits_eval`
                      prints) calls a shape; on digits_train it is the false-positive rate on
                      a generator that never saw a shape
@@ -40,7 +40,8 @@ The classifier trains deterministically (fixed seed and split, one thread, fixed
 about ten seconds the first time it is needed and is cached in
 $UOTM_CACHE (default ~/.cache/uotm)/digits_classifier-<key>.pt, the key a hash of what its
 training reads (so a cache made by another recipe is never read); with the cache every process
-of a study measures with the same network. The shape detector is cached the same way. docs/results.md gives the scale of digits_fd
+of a study measures with the same network. The shape detector is cached the same way.
+docs/results.md gives the scale of digits_fd
 (real digits against real digits, against noise and against blurred digits) and every
 measure on the controls (`python -m datasets_prep.digits_eval` prints both).
 """
@@ -120,13 +121,15 @@ def train_classifier(epochs=CLASSIFIER_EPOCHS, seed=0):
 
 
 def shapes_in_model_range(count, seed):
+    """`count` stroke shapes of `seed` in [-1, 1], as a model sees them."""
     return stroke_shapes(count, seed).float() / 127.5 - 1
 
 
 def train_shape_detector(epochs=SHAPE_EPOCHS, seed=0):
     """A classifier of the training digits (class 0) against stroke shapes (class 1, SHAPES_TRAIN
     of seed 1; the shapes of digits_train+shapes are seed 0, the test shapes seed 2)."""
-    images = real_digits()[0][split(len(real_digits()[0]))[1]]
+    digits = real_digits()[0]
+    images = digits[split(len(digits))[1]]
     shapes = shapes_in_model_range(SHAPES_TRAIN, seed=1)
     labels = torch.cat([torch.zeros(len(images), dtype=torch.long), torch.ones(len(shapes), dtype=torch.long)])
     return fit(classifier(seed, classes=2), torch.cat([images, shapes]), labels, epochs, seed)
@@ -183,7 +186,8 @@ def load_classifier():
 def shape_fraction(images):
     """The share of images in [-1, 1], (N, 1, H, W), that the shape detector calls a shape."""
     if "shapes" not in _loaded:
-        key = recipe_key(real_digits()[0], shapes_in_model_range(SHAPES_TRAIN, seed=1), SHAPE_EPOCHS, 0)
+        digits = real_digits()[0]
+        key = recipe_key(digits, split(len(digits))[1], shapes_in_model_range(SHAPES_TRAIN, seed=1), SHAPE_EPOCHS, 0)
         _loaded["shapes"] = cached_network(f"digits_shape_detector-{key}", lambda: classifier(classes=2),
                                            train_shape_detector)
     with torch.no_grad():
@@ -194,7 +198,8 @@ def shape_detector_rates():
     """The detector's true-positive rate on shapes it never saw (seed 2), as drawn and blurred
     (3x3 box, halfway: a generator's imperfect shapes), and its false-positive rate on the
     held-out digits."""
-    held_out = real_digits()[0][split(len(real_digits()[0]))[0]]
+    digits = real_digits()[0]
+    held_out = digits[split(len(digits))[0]]
     shapes = shapes_in_model_range(SHAPES_TEST, seed=2)
     return {"true-positive rate, new shapes": shape_fraction(shapes),
             "true-positive rate, new shapes half blurred": shape_fraction((shapes + blurred(shapes)) / 2),
