@@ -57,12 +57,14 @@ USE_EMA_AS_PUBLISHED = "as published"
 SJKO_FLAGS = ("num_phase", "init_h", "h", "init_num_iterations", "num_iterations")
 TRAIN_TOYS = TOYS_2D + tuple(TOY_TRANSLATIONS)   # the 2-D datasets: --model_name toy
 DATASET_NAMES = IMAGE_DATASETS + TRAIN_TOYS
-# Arguments a checkpoint's weights depend on: a resume must not change them.
-ARCH_KEYS = ("model_name", "image_size", "num_channels", "num_channels_dae", "n_mlp", "ch_mult",
+# Arguments the networks' shapes depend on: a run started --init_from another must share them.
+NETWORK_KEYS = ("model_name", "image_size", "num_channels", "num_channels_dae", "n_mlp", "ch_mult",
              "num_res_blocks", "attn_resolutions", "resamp_with_conv", "conditional", "fir",
              "fir_kernel", "skip_rescale", "resblock_type", "progressive", "progressive_input",
              "progressive_combine", "embedding_type", "fourier_scale", "not_use_tanh",
-             "z_emb_dim", "nz", "ngf", "mlp_width", "mlp_depth", "dataset")
+             "z_emb_dim", "nz", "ngf", "mlp_width", "mlp_depth")
+# ... and a resume must not change them, nor the data.
+RESUME_KEYS = NETWORK_KEYS + ("dataset",)
 
 # The defaults that differ between the three public training scripts: Jae-Moo/UOTM train.py
 # (UOTM mode), Jae-Moo/Scalable-JKO train.py (S-JKO mode) and its train_JSD.py (S-JKO mode
@@ -564,12 +566,12 @@ def check_run_dir(run_dir, args):
         raise UsageError(f"--resume: no checkpoint at {content}; drop --resume or use --resume auto")
     if args.resume and os.path.exists(content):
         ckpt = read_checkpoint(content)
-        check_compatible(ckpt["args"], args, content, ARCH_KEYS)
+        check_compatible(ckpt["args"], args, content, RESUME_KEYS)
         return ckpt
     if args.resume == "auto" and os.path.exists(options):
         # killed before its first content.pth: start over, if it is the same experiment
         with open(options, encoding="utf-8") as f:
-            check_compatible(json.load(f), args, options, ARCH_KEYS)
+            check_compatible(json.load(f), args, options, RESUME_KEYS)
         return None
     if (os.path.exists(options) or os.path.exists(content)) and not args.overwrite:
         raise UsageError(f"{run_dir} already holds a run: continue it with --resume, start over with "
@@ -620,7 +622,7 @@ def run_training(argv, stop):
     init = None
     if resume is None and args.init_from:   # a resumed run has moved on from them
         init = read_checkpoint(args.init_from)
-        check_compatible(init["args"], args, args.init_from, [k for k in ARCH_KEYS if k != "dataset"], "--init_from")
+        check_compatible(init["args"], args, args.init_from, NETWORK_KEYS, "--init_from")
     dataset = None if args.toy else build_image_dataset(args.dataset, args.datadir, args.image_size)
     if dataset is not None:
         check_batch_fits(args, dataset, "the dataset")

@@ -54,7 +54,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets_prep.images import DIGITS_HELD_OUT as HELD_OUT
-from datasets_prep.images import OUTLIER_LABEL, build_image_dataset, digits_split, outlier_fraction, stroke_shapes
+from datasets_prep.images import OUTLIER_LABEL, build_image_dataset, outlier_fraction, stroke_shapes
+# (held-out, train) indices: the held-out digits are never trained on, by the classifier or by a
+# generator trained on digits_train
+from datasets_prep.images import digits_split as split
 from uot.fid import frechet_distance, precision_recall, statistics
 from uot.io import atomic_torch_save
 
@@ -69,9 +72,6 @@ CLASSIFIER_EPOCHS, SHAPE_EPOCHS = 30, 5
 MIN_CLASS_SHARE = 0.02  # a class is covered when at least 2% of the samples fall in it
 NEIGHBOURS = 3          # the k of the k-NN measures (precision, recall, the reject)
 REJECT_QUANTILE = 0.99  # the share of held-out digits the reject accepts, by construction
-# (held-out, train) indices: the held-out digits are never trained on, by the classifier or by a
-# generator trained on digits_train
-split = digits_split
 
 
 def classifier(seed=0, classes=10):
@@ -92,8 +92,8 @@ def real_digits():
 
 
 def fit(net, images, labels, epochs, seed):
-    """Deterministic Adam training of `net` (fixed batch order, one thread: the same numbers on
-    every machine load); returns it in eval mode."""
+    """Deterministic Adam training of `net` in place (fixed batch order, one thread: the same
+    numbers on every machine load)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -107,32 +107,11 @@ def fit(net, images, labels, epochs, seed):
                 opt.step()
     finally:
         torch.set_num_threads(threads)
-    return net.eval()
-
-
-def train_classifier(epochs=CLASSIFIER_EPOCHS, seed=0):
-    """Trained on all digits but a fixed held-out set; returns (net, held-out accuracy)."""
-    images, labels = real_digits()
-    held_out, train = split(len(images), seed)
-    net = fit(classifier(seed), images[train], labels[train], epochs, seed)
-    with torch.no_grad():
-        accuracy = (net(images[held_out]).argmax(1) == labels[held_out]).float().mean().item()
-    return net, accuracy
 
 
 def shapes_in_model_range(count, seed):
     """`count` stroke shapes of `seed` in [-1, 1], as a model sees them."""
     return stroke_shapes(count, seed).float() / 127.5 - 1
-
-
-def train_shape_detector(epochs=SHAPE_EPOCHS, seed=0):
-    """A classifier of the training digits (class 0) against stroke shapes (class 1, SHAPES_TRAIN
-    of seed 1; the shapes of digits_train+shapes are seed 0, the test shapes seed 2)."""
-    digits = real_digits()[0]
-    images = digits[split(len(digits))[1]]
-    shapes = shapes_in_model_range(SHAPES_TRAIN, seed=1)
-    labels = torch.cat([torch.zeros(len(images), dtype=torch.long), torch.ones(len(shapes), dtype=torch.long)])
-    return fit(classifier(seed, classes=2), torch.cat([images, shapes]), labels, epochs, seed)
 
 
 def cache_path(name):
@@ -143,37 +122,47 @@ def cache_path(name):
 _loaded = {}
 
 
-def recipe_key(*parts):
-    """A short hash of what a network's training reads (its data, labels, epochs, seed): a cache
-    made from other data or by another recipe has another name and is never read instead."""
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.numpy().tobytes() if isinstance(part, torch.Tensor) else repr(part).encode())
-    return digest.hexdigest()[:12]
-
-
-def cached_network(name, build, train):
-    """The network `name`: read from the cache, or trained by `train()` and cached (trained the
-    same way everywhere, so that every process of a study measures with the same network)."""
-    path = cache_path(name)
+def trained(name, build, images, labels, epochs, seed=0):
+    """`build()` fitted on (images, labels) by fit(), read from the cache when this very recipe
+    trained it before: the file name holds a hash of the images, labels, epochs and seed, so a
+    cache made from other data or by another recipe is never read instead. Every process of a
+    study thus measures with the same network."""
+    digest = hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes() + repr((epochs, seed)).encode())
+    path = cache_path(f"{name}-{digest.hexdigest()[:12]}")
+    net = build()
     if os.path.isfile(path):
-        net = build()
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
     else:
-        net = train()
+        fit(net, images, labels, epochs, seed)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_torch_save(dict(state_dict=net.state_dict()), path)
     return net.eval().requires_grad_(False)
+
+
+def digits_classifier(seed=0):
+    """The classifier trained on all digits but the held-out ones; returns (net, held-out accuracy)."""
+    images, labels = real_digits()
+    held_out, train = split(len(images), seed)
+    net = trained("digits_classifier", lambda: classifier(seed), images[train], labels[train], CLASSIFIER_EPOCHS, seed)
+    with torch.no_grad():
+        accuracy = (net(images[held_out]).argmax(1) == labels[held_out]).float().mean().item()
+    return net, accuracy
+
+
+def shape_detector(seed=0):
+    """A classifier of the training digits (class 0) against stroke shapes (class 1, SHAPES_TRAIN
+    of seed 1; the shapes of digits_train+shapes are seed 0, the test shapes seed 2)."""
+    digits = real_digits()[0]
+    images = torch.cat([digits[split(len(digits))[1]], shapes_in_model_range(SHAPES_TRAIN, seed=1)])
+    labels = (torch.arange(len(images)) >= len(images) - SHAPES_TRAIN).long()
+    return trained("digits_shape_detector", lambda: classifier(seed, classes=2), images, labels, SHAPE_EPOCHS, seed)
 
 
 def load_classifier():
     """The cached classifier (trained and cached at first use), in eval mode, on the CPU, and
     the statistics (mean, covariance) of the real digits' features."""
     if "net" not in _loaded:
-        images, labels = real_digits()
-        key = recipe_key(images, labels, split(len(images))[1], CLASSIFIER_EPOCHS, 0)
-        net = cached_network(f"digits_classifier-{key}", classifier, lambda: train_classifier()[0])
-        _loaded["net"] = net
+        net = _loaded["net"] = digits_classifier()[0]
         images = real_digits()[0]
         feats = features(net, images)
         _loaded["real"] = statistics(feats)
@@ -186,10 +175,7 @@ def load_classifier():
 def shape_fraction(images):
     """The share of images in [-1, 1], (N, 1, H, W), that the shape detector calls a shape."""
     if "shapes" not in _loaded:
-        digits = real_digits()[0]
-        key = recipe_key(digits, split(len(digits))[1], shapes_in_model_range(SHAPES_TRAIN, seed=1), SHAPE_EPOCHS, 0)
-        _loaded["shapes"] = cached_network(f"digits_shape_detector-{key}", lambda: classifier(classes=2),
-                                           train_shape_detector)
+        _loaded["shapes"] = shape_detector()
     with torch.no_grad():
         return float((_loaded["shapes"](as_digits(images)).argmax(1) == 1).float().mean())
 
@@ -375,7 +361,7 @@ def controls_table(seed=0):
 
 
 if __name__ == "__main__":   # python -m datasets_prep.digits_eval: the scale of the measure and its controls
-    net, accuracy = train_classifier()
+    net, accuracy = digits_classifier()
     print(f"classifier: held-out accuracy {accuracy:.4f} ({HELD_OUT} digits)")
     for name, value in metric_scale().items():
         print(f"digits_fd, {name}: {value:.3f}")
