@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets_prep.images import DIGITS_HELD_OUT as HELD_OUT
-from datasets_prep.images import OUTLIER_LABEL, build_image_dataset, outlier_fraction, stroke_shapes
+from datasets_prep.images import OUTLIER_LABEL, build_image_dataset, outlier_fraction, stroke_shapes, to_model_range
 # (held-out, train) indices: the held-out digits are never trained on, by the classifier or by a
 # generator trained on digits_train
 from datasets_prep.images import digits_split as split
@@ -88,7 +88,7 @@ def classifier(seed=0, classes=10):
 def real_digits():
     """The 1,797 digits in [-1, 1], (N, 1, 8, 8), and their labels."""
     dataset = build_image_dataset("digits", None, 8)
-    return dataset.images.float() / 127.5 - 1, dataset.labels
+    return to_model_range(dataset.images), dataset.labels
 
 
 def fit(net, images, labels, epochs, seed):
@@ -111,7 +111,7 @@ def fit(net, images, labels, epochs, seed):
 
 def shapes_in_model_range(count, seed):
     """`count` stroke shapes of `seed` in [-1, 1], as a model sees them."""
-    return stroke_shapes(count, seed).float() / 127.5 - 1
+    return to_model_range(stroke_shapes(count, seed))
 
 
 def cache_path(name):
@@ -339,7 +339,7 @@ def nearest_source_share(dataset, draws=50000, seed=0):
     is an outlier, the outliers' share of the dataset). A ratio far above 1 means the source
     favours the outliers: a map that sends each draw to a near image sends them to outliers."""
     data = build_image_dataset(dataset, None, 8)
-    pixels = (data.images.float() / 127.5 - 1).flatten(1)
+    pixels = to_model_range(data.images).flatten(1)
     is_outlier = data.labels == OUTLIER_LABEL
     source = torch.randn(draws, pixels.shape[1], generator=torch.Generator().manual_seed(seed))
     nearest = torch.cat([torch.cdist(chunk, pixels).argmin(1) for chunk in source.split(5000)])

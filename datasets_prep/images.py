@@ -162,6 +162,11 @@ def _digits(image_size, num_outliers=0):
     return TensorImageDataset(resize_square(images, image_size), labels)
 
 
+def to_model_range(uint8_images):
+    """uint8 images (0..255) as the models see them: float in [-1, 1]."""
+    return uint8_images.float().div_(127.5).sub_(1.0)
+
+
 def digits_split(count, seed=0):
     """(held-out, train) indices of `count` digits: a fixed seeded permutation, its first
     DIGITS_HELD_OUT the held-out ones."""

@@ -10,6 +10,7 @@ distribution. Both give `batches(step)`: the real batches from global step `step
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from datasets_prep.images import to_model_range
 from datasets_prep.toy import sample_toy
 
 
@@ -77,7 +78,7 @@ class ImageStream:
                 yield self._to_model_input(images.to(self.device, non_blocking=True))
 
     def _to_model_input(self, uint8_images):
-        x = uint8_images.float().div_(127.5).sub_(1.0)
+        x = to_model_range(uint8_images)
         if self.flip:
             flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
             x = torch.where(flip, x.flip(3), x)

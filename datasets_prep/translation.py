@@ -17,7 +17,7 @@ the source of every evaluation (the saved samples) its test split.
 """
 import torch
 
-from datasets_prep.images import TensorImageDataset, _digits, as_uint8_tensor, build_image_dataset
+from datasets_prep.images import TensorImageDataset, _digits, as_uint8_tensor, build_image_dataset, to_model_range
 from datasets_prep.toy import TOY_TRANSLATIONS, sample_toy
 
 IMAGE_TRANSLATIONS = ("emnist2mnist", "digits0-4to5-9")
@@ -54,7 +54,7 @@ def source_images(name, root, image_size, split="train", download=True):
 
 def to_model_input(dataset):
     """A whole (small) image dataset as float images in [-1, 1], the trainer's scaling."""
-    return as_uint8_tensor(dataset).float() / 127.5 - 1
+    return to_model_range(as_uint8_tensor(dataset))
 
 
 def toy_source(name, n, dim, generator=None, device="cpu"):
