@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets_prep import IMAGE_DATASETS, build_image_dataset, dataset_info, default_image_size, digits_eval
+from datasets_prep import IMAGE_DATASETS, build_image_dataset, dataset_info, default_image_size, measures
 from datasets_prep.loader import ImageStream, ToyStream
+from datasets_prep.measures.grey_images import FLOOR_DRAWS
 from datasets_prep.toy import TOY_TRANSLATIONS, TOYS_2D, data_toy, metric_args, sample_toy
 from datasets_prep import translation
 from score_sde import (add_model_args, build_generator, build_potential, count_parameters, initial_reference,
@@ -169,6 +170,8 @@ def add_output_args(p):
     out.add_argument("--save_image_every", type=int, default=None, help="mode: 10 epochs UOTM, 2000 iterations S-JKO")
     out.add_argument("--save_content_every", type=int, default=None, help="mode: 10 epochs, 2000 iterations")
     out.add_argument("--save_ckpt_every", type=int, default=None, help="mode: 100 epochs, 10000 iterations")
+    out.add_argument("--measure_samples", type=int, default=None,
+                     help="samples per save on a dataset with a measure (datasets_prep.measures; default: 2000)")
     out.add_argument("--fid_every", type=int, default=0, help="FID of the EMA generator (0: never)")
     out.add_argument("--fid_samples", type=int, default=5000)
     out.add_argument("--fid_ref_stats", default=None,
@@ -227,8 +230,9 @@ def resolve_args(args, world):
     check_phi(args, "phi1", "phi2")
     check_positive(args, "tau", "lr_g", "lr_d", "batch_size", "num_epoch", "log_every", "r1_every", "ema_decay",
                    "save_image_every", "save_content_every", "save_ckpt_every", "image_size")
-    if args.num_threads is not None:
-        check_positive(args, "num_threads")
+    for flag in ("num_threads", "measure_samples"):
+        if getattr(args, flag) is not None:
+            check_positive(args, flag)
     if args.sjko:
         check_positive(args, "h", "init_h", "num_phase", "num_iterations")
         if args.init_num_iterations == 0 and not args.init_from:
@@ -504,16 +508,17 @@ def save_generator(run, run_dir, n, log):
 
 
 def save_samples(run, run_dir, n, log):
-    """A metrics.json record and, from fixed noise: samples_<n>.png (images; on the digits also
-    the digits measures of datasets_prep.digits_eval), or samples_<n>.npz and scatter_<n>.png
+    """A metrics.json record and, from fixed noise: samples_<n>.png (images; on a dataset with a
+    measure, datasets_prep.measures, also its measures of the samples, and once, in floor.json, the
+    same measures of held-out real images at the same n), or samples_<n>.npz and scatter_<n>.png
     with the toy metrics (2-D toys). A translation maps fixed source test samples instead, adds
-    datasets_prep.translation's measures and shows its images below their sources."""
+    its measures and shows its images below their sources."""
     if udist.rank() != 0:
         return
     args, G = run.args, run.state.G_eval
     fixed = torch.Generator().manual_seed(args.seed)   # the same noise at every save
-    measured = args.dataset in digits_eval.MEASURED_DATASETS
-    count = 4000 if args.toy else digits_eval.SAMPLES if measured else 64
+    measure, outliers = measures.dataset_measure(args.dataset, args.datadir)
+    count = 4000 if args.toy else (args.measure_samples or measure.recipe.samples) if measure else 64
     if run.source_test is not None:   # an image translation maps source test images (all that are measured)
         x = run.source_test[:None if args.dataset in translation.MEASURED else count]
     elif args.dataset in TOY_TRANSLATIONS:
@@ -526,7 +531,7 @@ def save_samples(run, run_dir, n, log):
         generated = torch.cat([G(x[i:i + 1000], z[i:i + 1000]) for i in range(0, count, 1000)]).float()
     record = dict(step=run.state.step, phase=phase_at(run.phases, max(run.state.step - 1, 0)).index)
     if args.dataset in translation.TRANSLATIONS:
-        record.update(translation.translation_metrics(args.dataset, x, generated))
+        record.update(measures.translation_metrics(args.dataset, x, generated))
     if args.toy:
         target = sample_toy(data_toy(args.dataset), count, dim=args.image_size, generator=fixed)
         record.update(save_toy_samples(run_dir, n, x, target, generated, f"{args.dataset}, step {record['step']}",
@@ -535,9 +540,25 @@ def save_samples(run, run_dir, n, log):
         save_image_grid(translation.beside_sources(x, generated), os.path.join(run_dir, f"samples_{n}.png"))
     else:
         save_image_grid(generated[:64], os.path.join(run_dir, f"samples_{n}.png"))
-        if measured:
-            record.update(digits_eval.digits_metrics(generated, digits_eval.MEASURED_DATASETS[args.dataset]))
+        if measure:
+            record.update(measure.metrics(generated, outliers))
+            save_floor(measure, count, run_dir, log)
     log.record_metrics(record)
+
+
+def save_floor(measure, count, run_dir, log):
+    """floor.json, once per run: every measure of sets of `count` held-out real images (mean and
+    sd over their draws), the floor the run's scores stand against."""
+    path = os.path.join(run_dir, "floor.json")
+    if os.path.isfile(path):
+        return
+    floor = measure.floor(count)
+    atomic_write_json(path, dict(measure=measure.recipe.name, n=count, draws=FLOOR_DRAWS,
+                                 sets="held-out real images", **{k: list(v) for k, v in floor.items()}))
+    key = measure.fd_key
+    log.log(f"floor of the measures at n = {count} (held-out real images, {FLOOR_DRAWS} draws): "
+            f"{key} {floor[key][0]:.3f} +- {floor[key][1]:.3f}, precision {floor['precision'][0]:.3f}, "
+            f"recall {floor['recall'][0]:.3f}")
 
 
 def evaluate_fid(run, run_dir, n, log):

@@ -2,7 +2,8 @@
 feeder (loader.py), the LMDB image format, FID reference sets (reference.py) and the
 synthetic toy samplers (toy.py).
 
-Preparation and checking commands: folder_to_lmdb.py, celeba_to_lmdb.py, check_dataset.py
+Preparation and checking commands: folder_to_lmdb.py, celeba_to_lmdb.py, check_dataset.py,
+fetch.py (MNIST and Fashion-MNIST, md5-checked, from torchvision or a package registry)
 (run `python -m datasets_prep.<name> --help`).
 
 Layering: datasets_prep may use uot (errors, plumbing); uot never imports datasets_prep.

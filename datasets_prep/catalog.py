@@ -7,7 +7,7 @@
     small       decoded once and held in memory (on the GPU under --data_on_device auto)
     flip        random horizontal flips in training (the public code flips these)
 
-MNIST and EMNIST are trained at 32 px, as the public codes resize them. The 2-D toy datasets of
+MNIST, Fashion-MNIST and EMNIST are trained at 32 px, as the public codes resize MNIST. The 2-D toy datasets of
 train.py are in datasets_prep.toy.
 """
 from dataclasses import dataclass
@@ -32,6 +32,8 @@ DATASETS = {
     "digits_train+shapes": DatasetInfo(1, 8, ("train",), small=True, flip=False),
     "mnist": DatasetInfo(1, 32, ("train", "test"), small=True, flip=False),
     "emnist": DatasetInfo(1, 32, ("train", "test"), small=True, flip=False),
+    "fashion_mnist": DatasetInfo(1, 32, ("train", "test"), small=True, flip=False),
+    "fashion_mnist+mnist": DatasetInfo(1, 32, ("train",), small=True, flip=False),
     "cifar10": DatasetInfo(3, 32, ("train", "test"), small=True, flip=True),
     "cifar10+mnist": DatasetInfo(3, 32, ("train",), small=True, flip=True),
     "celeba_256": DatasetInfo(3, 256, ("train", "val", "test"), small=False, flip=True),

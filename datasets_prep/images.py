@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 import torchvision.transforms.functional as TF
-from torchvision.datasets import CIFAR10, EMNIST, MNIST
+from torchvision.datasets import CIFAR10, EMNIST, MNIST, FashionMNIST
 from tqdm import tqdm
 
 from datasets_prep.catalog import dataset_info
@@ -29,13 +29,15 @@ from datasets_prep.lmdb_dataset import KeyOrderLMDBDataset, LMDBImageDataset, is
 from uot.errors import UsageError
 
 NUM_MNIST_OUTLIERS = 500  # the first MNIST training images: 1% of CIFAR-10's 50,000
-OUTLIER_LABEL = 10  # label of the outliers in cifar10+mnist and digits+outliers (the classes keep 0..9)
+# fashion_mnist+mnist: the first 600 MNIST training digits, 1% of Fashion-MNIST's 60,000
+NUM_FASHION_MNIST_OUTLIERS = 600
+OUTLIER_LABEL = 10  # label of the outliers in cifar10+mnist, fashion_mnist+mnist and digits+outliers (the classes keep 0..9)
 # digits+outliers: the first 18 digits (1% of 1,797), inverted, appended to the digits. An
 # inverted digit is a white 8x8 square with a dark stroke: its mean intensity is 0.58-0.82
 # of full scale, a digit's 0.18-0.42, so the mean intensity tells them apart (OUTLIER_INTENSITY).
 NUM_DIGIT_OUTLIERS = 18
 OUTLIER_INTENSITY = 0.5
-# digits_train: the digits but the DIGITS_HELD_OUT that the digits measure (digits_eval) keeps
+# digits_train: the digits but the DIGITS_HELD_OUT that the digits measure (datasets_prep.measures.digits) keeps
 # as its real control, chosen by a fixed seeded permutation (digits_split). digits_train+shapes
 # adds NUM_SHAPE_OUTLIERS stroke shapes (1% of the set: squares, crosses, plus signs), outliers
 # that the N(0, I) source does not favour (docs/results.md: the nearest-source share)
@@ -112,6 +114,15 @@ def build_image_dataset(name, root, image_size, split="train", download=True):
     if name == "mnist":
         images, labels = _mnist(root, split == "train", download)
         return TensorImageDataset(resize_square(images, image_size), labels)
+    if name == "fashion_mnist":
+        images, labels = _fashion_mnist(root, split == "train", download)
+        return TensorImageDataset(resize_square(images, image_size), labels)
+    if name == "fashion_mnist+mnist":
+        fashion, fashion_labels = _fashion_mnist(root, True, download)
+        digits = _mnist(root, True, download)[0][:NUM_FASHION_MNIST_OUTLIERS]
+        images = resize_square(torch.cat([fashion, digits]), image_size)
+        labels = torch.cat([fashion_labels, torch.full((len(digits),), OUTLIER_LABEL)])
+        return TensorImageDataset(images, labels)
     if name == "emnist":
         images, labels = _emnist_letters(root, split == "train", download)
         return TensorImageDataset(resize_square(images, image_size), labels)
@@ -229,9 +240,18 @@ def _torchvision(dataset_class, root, train, download, what_to_place, **options)
 def _mnist(root, train, download):
     place = (f"train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
              f"t10k-labels-idx1-ubyte (or their .gz archives, with download on) in "
-             f"{os.path.join(root, 'MNIST', 'raw')}")
+             f"{os.path.join(root, 'MNIST', 'raw')} (python -m datasets_prep.fetch mnist --datadir {root} "
+             f"puts them there)")
     mnist = _torchvision(MNIST, root, train, download, place)
     return mnist.data[:, None], mnist.targets.long()
+
+
+def _fashion_mnist(root, train, download):
+    place = (f"train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+             f"t10k-labels-idx1-ubyte in {os.path.join(root, 'FashionMNIST', 'raw')} "
+             f"(python -m datasets_prep.fetch fashion_mnist --datadir {root} puts them there)")
+    fashion = _torchvision(FashionMNIST, root, train, download, place)
+    return fashion.data[:, None], fashion.targets.long()
 
 
 def _emnist_letters(root, train, download):

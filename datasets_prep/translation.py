@@ -26,6 +26,7 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_SHARE = 0.2
 SOURCE_CLASSES, TARGET_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)   # of digits0-4to5-9
 MEASURED = ("digits0-4to5-9",)   # every source test image is mapped and measured at each save
+# (what a save records: datasets_prep.measures.translation_metrics)
 
 
 def _digit_classes(classes, split, image_size):
@@ -65,26 +66,6 @@ def toy_source(name, n, dim, generator=None, device="cpu"):
 def transport_cost(sources, images):
     """The mean over samples of mean((T(x) - x)^2) over coordinates: the S-JKO cost at h = 1/2."""
     return float((images.float() - sources.float()).flatten(1).pow(2).mean(1).mean())
-
-
-def translation_metrics(name, sources, images):
-    """What a save records for the translation `name`: its transport cost and, on the digits,
-    measures of the digits classifier (datasets_prep.digits_eval): the share of images it puts
-    in the target classes, the same share among the sources (the level before any transport),
-    and target_fd, the Frechet distance of its features between the images and the target's
-    training digits (the digits_fd formula against the target side only)."""
-    metrics = dict(transport_cost=transport_cost(sources, images))
-    if name == "digits0-4to5-9":
-        from datasets_prep.digits_eval import load_classifier, features, predicted_classes
-        from uot.fid import frechet_distance, statistics
-        target = torch.tensor(TARGET_CLASSES)
-        metrics["target_class_share"] = float(torch.isin(predicted_classes(images), target).float().mean())
-        metrics["source_target_class_share"] = float(torch.isin(predicted_classes(sources), target).float().mean())
-        net = load_classifier()[0]
-        target_digits = to_model_input(target_images(name, None, images.shape[-1]))
-        metrics["target_fd"] = frechet_distance(*statistics(features(net, images)),
-                                                *statistics(features(net, target_digits)))
-    return metrics
 
 
 def beside_sources(sources, images, per_row=8, rows=4):

@@ -5,7 +5,7 @@
     python scripts/study_digits.py --compare train_logs/study_digits/runs.jsonl
 
 The generators train on `digits_train` (the 1,437 digits outside the 360 that the digits
-measure, datasets_prep.digits_eval, holds out as its real control) and are measured at every
+measure, datasets_prep.measures.digits, holds out as its real control) and are measured at every
 save. Three stages, each row trained with its own number of seeds (seeds 0, 1, ...):
 
   1. the main rows, 5 seeds: the digits MLP pair (scripts/digits_mlp.flags), 180 epochs of 11
@@ -25,8 +25,9 @@ continues (a run killed midway continues from its content.pth with --resume auto
 
   runs.jsonl      one record per run: row, seed, flags, exit code (3: diverged), seconds, the
                   CPU model, torch and Python versions, and every save's digits measures
-  results.md      per row, mean +- std over the seeds of the final measures, the curve, and
-                  whether it is flat (last two saves within 5%); then the comparisons
+  results.md      the measure's floor at the runs' n (2,000 samples), then per row, mean +- std
+                  over the seeds of the final measures, the curve, and whether it is flat (last
+                  two saves within 5%); then the comparisons
   samples.png     the final samples of every row's first seed
   curves.png      digits_fd over training per row, the mean over seeds
 
@@ -196,10 +197,33 @@ def last_change(records, row, key="digits_fd"):
     return abs(curve[-1] - curve[-2]) / abs(curve[-2]) if len(curve) >= 2 and curve[-2] else None
 
 
-def results_table(records, rows):
+SAMPLES = 2000   # samples per save in every run of the study (train.py's --measure_samples default)
+
+
+def digits_floor(n=SAMPLES):
+    """(the digits measure's floor at n samples, {measure: (mean, sd)} over sets of n held-out real
+    digits; a line that says how those sets were drawn). A Frechet distance and the k-NN radii
+    shrink as the sets grow, so the study's rows are held against the floor at their own n."""
+    from datasets_prep import measures
+    from datasets_prep.measures.grey_images import FLOOR_DRAWS
+    measure = measures.measure("digits")
+    held_out = len(measure.data.held_out)
+    how = "without" if 2 * n <= held_out else "with"   # the rule of the measure's held_out_draw
+    return measure.floor(n), (f"{n:,} held-out real digits, drawn {how} replacement from the {held_out}: "
+                              f"mean +- sd of {FLOOR_DRAWS} draws (n: the draws)"), FLOOR_DRAWS
+
+
+def results_table(records, rows, floor=None):
+    """The study's table: a first line with the floor at the study's n (`floor`: what
+    digits_floor() returns; computed when None), then one line per row of `rows` that has records."""
     keys = ("digits_fd", "precision", "recall", "train_distance_ratio", "accepted_share", "classes_covered")
-    lines = ["| row | what | n | " + " | ".join(keys) + " | outliers | digits_fd per save (seed mean) | last-save "
-             "change | diverged | seconds |", "|---" * (len(keys) + 9) + "|"]
+    header = ["row", "what", "n", *keys, "outliers", "digits_fd per save (seed mean)", "last-save change",
+              "diverged", "seconds"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    values, label, draws = digits_floor() if floor is None else floor
+    fmt = {k: "{:.1f}" if k == "digits_fd" else "{:.2f}" for k in keys}
+    lines.append(f"| floor | {label} | {draws} | " + " | ".join(
+        f"{fmt[k].format(values[k][0])} +- {fmt[k].format(values[k][1])}" for k in keys) + " | n/a" * 5 + " |")
     for name, group, what, *_ in rows:
         runs = [r for r in records if r["row"] == name]
         if not runs:
@@ -208,7 +232,7 @@ def results_table(records, rows):
         flat = "n/a" if change is None else f"{change:.1%}" + ("" if change <= FLAT else " (not converged)")
         outliers = mean_sd([final(r, "outlier_fraction") for r in runs], "{:.4f}")
         lines.append(f"| {name} | {what} | {sum(not r['diverged'] for r in runs)} | " + " | ".join(
-            mean_sd([final(r, k) for r in runs], "{:.2f}" if k != "digits_fd" else "{:.1f}") for k in keys) +
+            mean_sd([final(r, k) for r in runs], fmt[k]) for k in keys) +
             f" | {outliers} | {' '.join(f'{v:.0f}' for v in mean_curve(records, name, 'digits_fd'))} | {flat} | "
             f"{sum(r['diverged'] for r in runs)}/{len(runs)} | {mean_sd([r['seconds'] for r in runs], '{:.0f}')} |")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from datasets_prep.digits_eval import predicted_classes
+from datasets_prep.measures import measure
 from datasets_prep.translation import (SOURCE_CLASSES, beside_sources, source_images, target_images,
                                        to_model_input, translation_metrics)
 from score_sde import build_generator
@@ -59,7 +59,7 @@ def main():
     for what, x in rows.items():
         m = translation_metrics(NAME, sources[:len(x)], x)
         print(f"| {what} | {m['target_class_share']:.3f} | {m['target_fd']:.1f} | {m['transport_cost']:.3f} |")
-    classes = predicted_classes(images)
+    classes = measure("digits").predicted_classes(images)
     print("\n| source class | n | " + " | ".join(f"-> {c}" for c in range(10)) + " |")
     print("|---|---|" + "---|" * 10)
     for c in SOURCE_CLASSES:

@@ -29,10 +29,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session", autouse=True)
 def uotm_cache(tmp_path_factory):
-    """The digits classifier of datasets_prep.digits_eval is trained and cached once per test
-    session, in a temporary folder (subprocesses inherit it), not in the user's cache."""
+    """The measures' classifiers and floors (datasets_prep.measures) are trained and cached once
+    per test run, in a temporary folder (subprocesses inherit it), not in the user's cache; the
+    pytest-xdist workers share it (the measures lock their cache: one worker trains, the other
+    waits and reads)."""
     previous = os.environ.get("UOTM_CACHE")
-    os.environ["UOTM_CACHE"] = str(tmp_path_factory.mktemp("uotm_cache"))
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "uotm_cache"
+    shared.mkdir(exist_ok=True)
+    os.environ["UOTM_CACHE"] = str(shared)
     yield os.environ["UOTM_CACHE"]
     if previous is None:
         del os.environ["UOTM_CACHE"]
@@ -53,3 +58,25 @@ def torch_home(tmp_path_factory):
     os.makedirs(home / "hub" / "checkpoints")
     torch.save(net.state_dict(), home / "hub" / "checkpoints" / INCEPTION_WEIGHTS_NAME)
     return home
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """The folder of the real MNIST and Fashion-MNIST files, from the environment variable
+    UOTM_DATA. Without it, or without the files there, the test is skipped, or fails when the
+    environment variable CI is set (CI must not pass by skipping)."""
+    from datasets_prep.fetch import FILES, FOLDERS
+
+    datadir = os.environ.get("UOTM_DATA")
+    why = None if datadir else "UOTM_DATA is not set"
+    if datadir:
+        absent = [os.path.join(folder, "raw", name) for folder in FOLDERS.values() for name in FILES
+                  if not os.path.isfile(os.path.join(datadir, folder, "raw", name))]
+        why = f"{datadir} lacks {', '.join(absent)}" if absent else None
+    if why:
+        message = (f"real data: {why}; fetch it with `python -m datasets_prep.fetch mnist fashion_mnist "
+                   f"--datadir DIR`, then set UOTM_DATA=DIR")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return datadir

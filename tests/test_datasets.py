@@ -124,7 +124,7 @@ def test_digits_shape_range_and_values():
 
 
 def test_digits_train_leaves_out_the_measures_held_out_digits_and_shapes_are_1_percent():
-    from datasets_prep.digits_eval import split
+    from datasets_prep.images import digits_split as split
     from datasets_prep.images import NUM_SHAPE_OUTLIERS, stroke_shapes
     digits = as_uint8_tensor(build_image_dataset("digits", None, 8))
     train = build_image_dataset("digits_train", None, 8)

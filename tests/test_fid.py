@@ -221,8 +221,8 @@ def save_pickled_stats(path, stats, protocol=4, module="numpy._core.multiarray")
         f.write(data)
 
 
-@pytest.mark.parametrize("protocol, module", [(4, None), (3, "numpy.core.multiarray"), (2, "numpy.core.multiarray")],
-                         ids=["numpy2", "numpy1", "protocol2"])
+@pytest.mark.parametrize("protocol, module", [(4, None), (3, "numpy.core.multiarray"), (2, "numpy.core.multiarray"),
+                                              (5, None)], ids=["numpy2", "numpy1", "protocol2", "protocol5"])
 def test_public_repositories_pickled_stats_load_like_the_npz(tmp_path, protocol, module):
     mu, sigma = random_stats()
     fid.save_stats(str(tmp_path / "ref.npz"), mu, sigma, 10)

@@ -79,3 +79,105 @@ def test_layering_uot_knows_no_dataset_network_or_script():
     for name in os.listdir(score_sde):
         if name.endswith(".py"):
             assert not imported_modules(os.path.join(score_sde, name)) & (forbidden - {"uot"}), name
+
+
+# --- the pages: README.md and docs/*.md -------------------------------------------------
+
+def pages():
+    docs = os.path.join(ROOT, "docs")
+    return ["README.md"] + sorted(os.path.join("docs", name) for name in os.listdir(docs) if name.endswith(".md"))
+
+
+def outside_code_blocks(text):
+    """(line number, line) of every line of a markdown text outside its ``` blocks."""
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            yield number, line
+
+
+def markdown_tables(text):
+    """[[(line number, line), ...]] for every table: consecutive lines that start with '|'."""
+    tables, current = [], []
+    for number, line in outside_code_blocks(text):
+        if line.lstrip().startswith("|"):
+            if current and current[-1][0] != number - 1:
+                tables.append(current)
+                current = []
+            current.append((number, line))
+        elif current:
+            tables.append(current)
+            current = []
+    return tables + ([current] if current else [])
+
+
+def cell_count(line):
+    """Cells of a table line: '|' separates them unless escaped ('\\|' is a '|' in a cell)."""
+    line = line.strip()
+    line = line[1:] if line.startswith("|") else line
+    line = line[:-1] if line.endswith("|") and not line.endswith("\\|") else line
+    return len(re.split(r"(?<!\\)\|", line))
+
+
+SEPARATOR = re.compile(r"\|?(\s*:?-+:?\s*\|)*\s*:?-+:?\s*\|?")
+
+
+def test_every_markdown_table_has_as_many_cells_in_every_row_as_in_its_header():
+    """A table whose separator or rows have another number of cells than its header does not
+    render (the separator) or loses cells (the rows)."""
+    broken = []
+    for name in pages():
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            text = f.read()
+        for table in markdown_tables(text):
+            (first, header), *rest = table
+            if not rest or not SEPARATOR.fullmatch(rest[0][1].strip()):
+                broken.append(f"{name}:{first}: no separator line under the header")
+                continue
+            cells = cell_count(header)
+            broken += [f"{name}:{number}: {cell_count(line)} cells, the header has {cells}"
+                       for number, line in rest if cell_count(line) != cells]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_table_parser_counts_cells_as_markdown_does():
+    assert cell_count("| a | b |") == 2 and cell_count("|---|---:|") == 2 and cell_count("| | x |") == 2
+    assert cell_count(r"| `PHI=kl\|chi` | y |") == 2   # an escaped bar stays in its cell
+    text = "| a | b |\n|---|---|\n| 1 | 2 |\n\n```\n| not | a | table |\n```\n| c |\n|---|\n"
+    assert [[number for number, _ in table] for table in markdown_tables(text)] == [[1, 2, 3], [8, 9]]
+    assert SEPARATOR.fullmatch("|---|---:|:---:|") and not SEPARATOR.fullmatch("| a | b |")
+
+
+def anchors(text):
+    """The #anchors of a page's headings, as GitHub makes them (a repeated heading gets -1, -2...)."""
+    seen, found = {}, set()
+    for _, line in outside_code_blocks(text):
+        heading = re.match(r"#{1,6}\s+(.*)", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return found
+
+
+def test_every_relative_link_of_the_pages_leads_to_a_file_and_heading_that_exist():
+    broken = []
+    for name in pages():
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            text = f.read()
+        for number, line in outside_code_blocks(text):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"[a-z]+:", target):   # https:, mailto:
+                    continue
+                path, _, anchor = target.partition("#")
+                full = os.path.normpath(os.path.join(ROOT, os.path.dirname(name), path)) if path \
+                    else os.path.join(ROOT, name)
+                if not os.path.exists(full):
+                    broken.append(f"{name}:{number}: {target}: no such file")
+                elif anchor and full.endswith(".md"):
+                    with open(full, encoding="utf-8") as f:
+                        if anchor not in anchors(f.read()):
+                            broken.append(f"{name}:{number}: {target}: no such heading")
+    assert not broken, "\n".join(broken)
