@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # run as a file path: make the repository root im
 import numpy as np  # noqa: E402
 import torchvision  # noqa: E402
 
+from datasets_prep.images import socket_timeout  # noqa: E402
 from uot.errors import UsageError, exit_on_usage_error  # noqa: E402
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -208,16 +209,6 @@ def name_lookup_failure(host, seconds):
     thread.start()
     thread.join(seconds)
     return outcome[0] if outcome else f"{host}: no answer within {seconds} s"
-
-
-@contextlib.contextmanager
-def socket_timeout(seconds):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def from_torchvision(name, workdir):

@@ -43,6 +43,11 @@ OUTLIER_INTENSITY = 0.5
 # that the N(0, I) source does not favour (docs/results.md: the nearest-source share)
 DIGITS_HELD_OUT = 360
 NUM_SHAPE_OUTLIERS = 15
+# digits0-4to5-9 (datasets_prep.translation): its source and target classes, each side split 4:1
+# into train and test by a fixed permutation
+SOURCE_CLASSES, TARGET_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+DIGITS_TRANSLATION_SEED = 0
+DIGITS_TRANSLATION_TEST_SHARE = 0.2
 
 CELEBA_MAPPING = "CelebA-HQ-to-CelebA-mapping.txt"
 CELEBA_PARTITION = "list_eval_partition.txt"
@@ -92,9 +97,11 @@ def build_image_dataset(name, root, image_size, split="train", download=True):
         raise UsageError(f"{name} has no split {split!r}; choose one of {', '.join(splits)}")
     if not isinstance(image_size, int) or image_size < 1:
         raise UsageError(f"--image_size {image_size} must be a positive integer")
-    if name in ("emnist2mnist", "digits0-4to5-9"):   # a translation's data is its target side
-        from datasets_prep.translation import target_images
-        return target_images(name, root, image_size, split, download)
+    # a translation's data is its target side (its source: datasets_prep.translation)
+    if name == "emnist2mnist":
+        return build_image_dataset("mnist", root, image_size, split, download)
+    if name == "digits0-4to5-9":
+        return digit_classes(TARGET_CLASSES, split, image_size)
     if name == "digits":
         return _digits(image_size)
     if name == "digits+outliers":
@@ -173,6 +180,17 @@ def _digits(image_size, num_outliers=0):
     return TensorImageDataset(resize_square(images, image_size), labels)
 
 
+def digit_classes(classes, split, image_size):
+    """The digits of `classes`, in the train (4/5) or test (1/5) part of a fixed permutation
+    (seed DIGITS_TRANSLATION_SEED): the two sides of digits0-4to5-9."""
+    digits = _digits(image_size)
+    index = torch.nonzero(torch.isin(digits.labels, torch.tensor(classes)))[:, 0]
+    index = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(DIGITS_TRANSLATION_SEED))]
+    num_test = round(DIGITS_TRANSLATION_TEST_SHARE * len(index))
+    index = index[num_test:] if split == "train" else index[:num_test]
+    return TensorImageDataset(digits.images[index], digits.labels[index])
+
+
 def to_model_range(uint8_images):
     """uint8 images (0..255) as the models see them: float in [-1, 1]."""
     return uint8_images.float().div_(127.5).sub_(1.0)
@@ -216,7 +234,9 @@ def outlier_fraction(images):
 
 
 @contextlib.contextmanager
-def _socket_timeout(seconds):
+def socket_timeout(seconds):
+    """Socket operations time out after `seconds` inside the block: a download behind a firewall
+    fails instead of hanging."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:
@@ -228,7 +248,7 @@ def _socket_timeout(seconds):
 def _torchvision(dataset_class, root, train, download, what_to_place, **options):
     """Build a torchvision dataset; turn 'not found' and failed downloads into a UsageError."""
     try:
-        with _socket_timeout(DOWNLOAD_SOCKET_TIMEOUT):
+        with socket_timeout(DOWNLOAD_SOCKET_TIMEOUT):
             return dataset_class(root, train=train, download=download, **options)
     except (RuntimeError, OSError) as err:  # torchvision's "not found or corrupted"; URLError
         lines = str(err).strip().splitlines() or [type(err).__name__]

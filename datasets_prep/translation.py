@@ -13,44 +13,30 @@ the source of every evaluation (the saved samples) its test split.
                               32 px
     digits0-4to5-9            scikit-learn's 8 x 8 digits: those of classes 0-4 to those of 5-9
                               (the CPU-scale analogue); each side split 4:1 into train and test
-                              by a fixed permutation (DIGITS_SPLIT_SEED)
+                              by a fixed permutation (datasets_prep.images.digit_classes)
 """
 import torch
 
-from datasets_prep.images import TensorImageDataset, _digits, as_uint8_tensor, build_image_dataset, to_model_range
+from datasets_prep.images import (SOURCE_CLASSES, TARGET_CLASSES, as_uint8_tensor, build_image_dataset,  # noqa: F401
+                                  digit_classes, to_model_range)
 from datasets_prep.toy import TOY_TRANSLATIONS, sample_toy
 
 IMAGE_TRANSLATIONS = ("emnist2mnist", "digits0-4to5-9")
 TRANSLATIONS = tuple(TOY_TRANSLATIONS) + IMAGE_TRANSLATIONS
-DIGITS_SPLIT_SEED = 0
-DIGITS_TEST_SHARE = 0.2
-SOURCE_CLASSES, TARGET_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)   # of digits0-4to5-9
 MEASURED = ("digits0-4to5-9",)   # every source test image is mapped and measured at each save
 # (what a save records: datasets_prep.measures.translation_metrics)
 
 
-def _digit_classes(classes, split, image_size):
-    """The digits of `classes`, in the train (4/5) or test (1/5) part of a fixed permutation."""
-    digits = _digits(image_size)
-    index = torch.nonzero(torch.isin(digits.labels, torch.tensor(classes)))[:, 0]
-    index = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))]
-    num_test = round(DIGITS_TEST_SHARE * len(index))
-    index = index[num_test:] if split == "train" else index[:num_test]
-    return TensorImageDataset(digits.images[index], digits.labels[index])
-
-
 def target_images(name, root, image_size, split="train", download=True):
-    """The target side of the image translation `name` (build_image_dataset gives it for `name`)."""
-    if name == "emnist2mnist":
-        return build_image_dataset("mnist", root, image_size, split, download)
-    return _digit_classes(TARGET_CLASSES, split, image_size)
+    """The target side of the image translation `name`: what build_image_dataset gives for `name`."""
+    return build_image_dataset(name, root, image_size, split, download)
 
 
 def source_images(name, root, image_size, split="train", download=True):
     """The source side of the image translation `name`."""
     if name == "emnist2mnist":
         return build_image_dataset("emnist", root, image_size, split, download)
-    return _digit_classes(SOURCE_CLASSES, split, image_size)
+    return digit_classes(SOURCE_CLASSES, split, image_size)
 
 
 def to_model_input(dataset):

@@ -11,6 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ${PYTHON:-python} train.py --dataset mnist --datadir "${DATADIR:-./data}" --model_name mlp --mlp_width 1024 \
-    --mlp_depth 3 --nz 16 --batch_size 128 --lr_g 1e-3 --lr_d 1e-3 --eta_min 1e-5 --ema_decay 0.999 --tau 0.003 \
+    --mlp_depth 3 --nz 16 --batch_size 128 --eta_min 1e-5 --ema_decay 0.999 --tau 0.003 \
     --phi1 kl --phi2 kl --seed 0 --exp uotm --num_epoch 16 --schedule 16 --save_image_every 2 \
     --save_ckpt_every 8 "$@"

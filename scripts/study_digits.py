@@ -292,7 +292,7 @@ def verdict(xa, xb, claim_lower, flat):
         return p, f"no difference detected (n = {len(xa)}, {len(xb)})"
     lower = statistics.mean(xa) < statistics.mean(xb)
     if claim_lower is None:
-        found = f"differ: the first lower (p < 0.05)" if lower else "differ: the second lower (p < 0.05)"
+        found = "differ: the first lower (p < 0.05)" if lower else "differ: the second lower (p < 0.05)"
     else:
         found = "held" if lower == claim_lower else "contradicted"
     return p, found if flat else f"{found}, but a row is not converged: no verdict"

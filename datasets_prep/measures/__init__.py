@@ -14,7 +14,8 @@ its controls table (docs/results.md).
 import torch
 
 from datasets_prep.measures import digits, mnist
-from datasets_prep.translation import TARGET_CLASSES, target_images, to_model_input, transport_cost
+from datasets_prep.images import TARGET_CLASSES
+from datasets_prep.translation import target_images, to_model_input, transport_cost
 from uot.errors import UsageError
 from uot.fid import frechet_distance, statistics
 
