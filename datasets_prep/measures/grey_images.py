@@ -241,7 +241,7 @@ class GreyImageMeasure:
 
     def as_input(self, images):
         """Images in [-1, 1], (N, 1, H, W), as the measure reads them: on the CPU, at the recipe's
-        size (area-resized when smaller, bilinear with antialiasing otherwise), clamped."""
+        size (larger images averaged down by area, smaller ones resized up bilinearly), clamped."""
         images = images.detach().float().cpu()
         size = self.recipe.size
         if images.shape[-1] > size:
