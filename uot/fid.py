@@ -210,8 +210,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def _kth_neighbour_radii(features, k, chunk, device):
-    """Distance of every row to its k-th nearest other row."""
+def kth_neighbour_radii(features, k=3, chunk=1000, device="cpu"):
+    """Distance of every row to its k-th nearest other row: the radii of a set's k-NN balls."""
     reference = features.to(device)
     radii = [torch.cdist(reference[i:i + chunk], reference).kthvalue(k + 1, dim=1).values
              for i in range(0, len(reference), chunk)]  # k + 1: each row is its own nearest
@@ -227,16 +227,18 @@ def _fraction_inside(queries, centres, radii, chunk, device):
 
 
 @torch.no_grad()
-def precision_recall(real_features, fake_features, k=3, chunk=1000, device="cpu"):
+def precision_recall(real_features, fake_features, k=3, chunk=1000, device="cpu", real_radii=None):
     """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN balls.
 
     precision: share of generated samples inside the real manifold estimate;
     recall: share of real samples inside the generated one. Chunked: memory is
-    chunk x N distances.
+    chunk x N distances. `real_radii`: kth_neighbour_radii(real_features, k) when already
+    computed (a measure that scores many sets against one reference computes them once).
     """
     real, fake = real_features.float(), fake_features.float()
-    real_radii = _kth_neighbour_radii(real, k, chunk, device)
-    fake_radii = _kth_neighbour_radii(fake, k, chunk, device)
+    if real_radii is None:
+        real_radii = kth_neighbour_radii(real, k, chunk, device)
+    fake_radii = kth_neighbour_radii(fake, k, chunk, device)
     return (_fraction_inside(fake, real, real_radii, chunk, device),
             _fraction_inside(real, fake, fake_radii, chunk, device))
 

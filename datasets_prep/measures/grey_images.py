@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uot.fid import frechet_distance, precision_recall, statistics
+from uot.fid import frechet_distance, kth_neighbour_radii, precision_recall, statistics
 from uot.io import atomic_torch_save, atomic_write_text
 
 NEIGHBOURS = 3          # the k of the k-NN measures (precision, recall, the reject)
@@ -277,6 +277,7 @@ class GreyImageMeasure:
                        knn_pixels=self.as_input(knn).flatten(1), knn_features=self.features(knn),
                        # memorisation is judged against every training image, not the k-NN subset
                        train_pixels=None if data.knn is None else self.as_input(data.train).flatten(1))
+            ref["knn_radii"] = kth_neighbour_radii(ref["knn_features"].float(), NEIGHBOURS)
             held_pixels, held_features = self.as_input(data.held_out).flatten(1), self.features(data.held_out)
             ref["pixel_scale"] = float(nearest_distances(ref["knn_pixels"], held_pixels)[1].median())
             ref["feature_scale"] = float(nearest_distances(ref["knn_features"], held_features)[1].median())
@@ -314,7 +315,7 @@ class GreyImageMeasure:
         # the share of all samples that are accepted and in each class: rejected samples count in none
         share = torch.bincount(self.predicted_classes(images, feats)[accepted], minlength=classes).double() / len(feats)
         nonzero = share[share > 0]
-        precision, recall = precision_recall(ref["knn_features"], feats, k=NEIGHBOURS)
+        precision, recall = precision_recall(ref["knn_features"], feats, k=NEIGHBOURS, real_radii=ref["knn_radii"])
         metrics = {self.fd_key: frechet_distance(*statistics(feats), *ref["fd"]),
                    "precision": precision, "recall": recall, "accepted_share": float(accepted.float().mean()),
                    "train_distance_ratio": float(nearest.median()) / ref["median_nearest"],
