@@ -1,7 +1,7 @@
 """Training speed of train.py, one optimization at a time, against a plain baseline.
 
-    python scripts/bench_train.py --config cifar10|celeba_256|digits|digits_wide|toy [--device cpu|cuda]
-        [--batch_size N] [--warmup W --iters N --repeats R] [--compile auto|on|off]
+    python scripts/bench_train.py --config cifar10|celeba_256|digits|digits_wide|digits_mlp|mnist_mlp|toy
+        [--device cpu|cuda] [--batch_size N] [--warmup W --iters N --repeats R] [--compile auto|on|off]
         [--variants NAME ...] [--json PATH]
 
 One iteration is what train.py's loop does per step, train.iteration: a potential step
@@ -26,10 +26,22 @@ there); then `--repeats` rounds time `--iters` iterations of every variant in tu
 that a shared machine's changing load hits all variants alike; the median round is
 reported. Peak memory is the variant's own CUDA max_memory_allocated (weights, optimizer
 states, activations); on CPU it is not measured (the process RSS mixes all variants).
+
+How close an iteration comes to the machine: the FLOPs of one iteration are counted once,
+untimed, by torch.utils.flop_counter.FlopCounterMode on an eager fp32 build of the config
+(matmuls and convolutions, attention's included, in the forward passes, the backward passes
+and R1's double backward; elementwise work -- activations, Adam, EMA -- is not counted).
+bf16, channels_last and torch.compile run the same matmuls, so they share the count; lazy
+R1 is counted over one R1 period. The practical fp32 peak is measured in the same process,
+on the same torch threads, before the timed rounds: the best of several n x n torch.mm calls
+(2 n^3 FLOPs each, n grown until one call takes at least 50 ms; TF32 off). Each variant's
+GFLOP/s is its FLOPs per iteration over its median time per iteration, and % matmul that
+over the matmul peak (TF32 and bf16 variants may pass 100%).
 """
 import argparse
+import contextlib
+import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -37,13 +49,20 @@ import time
 import types
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import train
 from score_sde import build_generator, build_potential, count_parameters
 from uot.io import atomic_write_json
+from uot.records import cpu_model
 
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.flags"), encoding="utf-8") as f:
-    DIGITS_FLAGS = f.read().strip()   # the digits configuration of the demo and the study
+
+def read_flags(name):
+    """The train.py flags of a scripts/*.flags file."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), encoding="utf-8") as f:
+        return f.read().strip()
+
+
 # train.py flags of each benchmark configuration, and CPU-friendly timing defaults.
 CONFIGS = {
     # UOTM CIFAR-10 as published: NCSN++ 128 channels, ch_mult 1 2 2 2, batch 256 (train.py's defaults)
@@ -52,12 +71,19 @@ CONFIGS = {
     "celeba_256": dict(flags="--dataset celeba_256 --image_size 256 --num_channels_dae 64 --n_mlp 3 "
                              "--ch_mult 1 1 2 2 4 4 --lr_d 1e-4 --lr_g 2e-4 --ema_decay 0.999 "
                              "--batch_size 32 --tau 0.00001 --r1_gamma 5", warmup=3, iters=10, repeats=3),
-    # the digits study and demo on sklearn's 8x8 digits (scripts/study_digits.py, digits_demo.sh):
+    # the NCSN++ pair of the digits study on sklearn's 8x8 digits (scripts/digits.flags, study_digits.py):
     # G 0.25M, D 0.19M parameters; "digits_wide" is the wider pair of earlier demos (G 0.82M, D 0.77M)
-    "digits": dict(flags=DIGITS_FLAGS, warmup=2, iters=20, repeats=3),
+    "digits": dict(flags=read_flags("digits.flags"), warmup=2, iters=20, repeats=3),
     "digits_wide": dict(flags="--dataset digits --image_size 8 --num_channels_dae 32 --ch_mult 1 2 --num_res_blocks 1 "
                               "--attn_resolutions 4 --n_mlp 2 --z_emb_dim 64 --nz 16 --ngf 16 --ema_decay 0.999 "
                               "--batch_size 64", warmup=2, iters=10, repeats=3),
+    # the MLP pair of the digits study's main rows and the demo (scripts/digits_mlp.flags): G 0.60M, D 0.56M
+    "digits_mlp": dict(flags=read_flags("digits_mlp.flags"), warmup=3, iters=20, repeats=3),
+    # the MLP pair of UOTM on MNIST at 32 px (scripts/mnist_uotm.sh, its network and optimization flags):
+    # G 4.21M, D 3.15M; only the shape of MNIST is used, so no data is needed
+    "mnist_mlp": dict(flags="--dataset mnist --model_name mlp --mlp_width 1024 --mlp_depth 3 --nz 16 "
+                            "--batch_size 128 --lr_g 4e-4 --lr_d 4e-4 --eta_min 1e-5 --ema_decay 0.999 --tau 0.003 "
+                            "--phi1 kl --phi2 kl", warmup=2, iters=10, repeats=3),
     # the S-JKO 2-D toy networks and batch (scripts/toy2d_sjko.sh), with train.py's default R1
     "toy": dict(flags="--dataset 8gaussian --model_name toy --image_size 2 --nz 2 --batch_size 400 "
                       "--lr_g 1e-4 --lr_d 2e-5", warmup=3, iters=10, repeats=3),
@@ -95,11 +121,11 @@ def variants(device, image_data, compile_ok=True):
     ]
 
 
-def compile_skipped(compile_mode, device, image_data):
+def compile_skipped(compile_mode, device, model_name):
     """Why the torch.compile variants do not run, or None."""
     if compile_mode == "off":
         return "skipped (--compile off)"
-    if compile_mode == "auto" and device.type == "cpu" and image_data:
+    if compile_mode == "auto" and device.type == "cpu" and model_name == "ncsnpp":
         # measured: 295 s of warm-up for the digits NCSN++ on a shared 2-core CPU, per variant
         return "skipped: compiling NCSN++ on CPU takes minutes per variant (--compile on to try)"
     return None
@@ -175,6 +201,57 @@ def build_variant(config_flags, settings, batch_size, device):
     return iteration, args, count_parameters(state.G), count_parameters(state.D)
 
 
+class GlobalOnly(contextlib.nullcontext):
+    """FlopCounterMode's module tracker, reduced to the whole program: the real tracker's hooks
+    on module inputs break torch.autograd.grad to a leaf tensor, R1's (pytorch/pytorch#131753)."""
+    parents = ("Global",)
+
+
+def count_flops(fn):
+    """The FLOPs FlopCounterMode counts while fn() runs: matmuls and convolutions, their
+    backward passes included; elementwise work is not counted."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = GlobalOnly()   # the same total, only not broken down by module
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def flops_per_iteration(config_flags, batch_size, device, r1_every):
+    """FLOPs of one iteration of the config with R1 on every `r1_every`-th potential step (the
+    mean over one period), counted on a fresh eager fp32 build: bf16, channels_last and
+    torch.compile run the same matmuls, and counting changes no timed variant's state."""
+    iteration = build_variant(config_flags, dict(BASELINE, r1_every=r1_every), batch_size, device)[0]
+    return count_flops(lambda: [iteration(step) for step in range(r1_every)]) / r1_every
+
+
+def matmul_peak(device, min_seconds=0.05, repeats=5):
+    """The practical fp32 peak: GFLOP/s of an n x n torch.mm (2 n^3 FLOPs), the best of `repeats`
+    calls (the first may pay a warm-up), with n grown until that best takes `min_seconds`; on this
+    process's torch threads, TF32 off as in the fp32 variants."""
+    if device.type == "cuda":
+        set_cuda_fast(False)
+
+    def best_seconds(n, calls):
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        out = torch.empty(n, n, device=device)
+        times = []
+        for _ in range(calls):
+            sync(device)
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            sync(device)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    n = 256
+    while (seconds := best_seconds(n, repeats)) < min_seconds:
+        # the time grows as n^3: aim just past min_seconds, at most 4x n per step, n a multiple of 256
+        n = min(4 * n, 256 * math.ceil(n * (1.2 * min_seconds / seconds) ** (1 / 3) / 256))
+    return dict(n=n, seconds=seconds, gflops=2 * n ** 3 / seconds / 1e9, calls=repeats,
+                threads=torch.get_num_threads())
+
+
 class Runner:
     """One variant, built and warmed up; each `time()` adds one timed repeat."""
 
@@ -225,13 +302,7 @@ class Runner:
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
 
 
 def load_average():
@@ -272,7 +343,8 @@ def main(argv=None):
           f"{timing['repeats']} rounds of {timing['iters']} iterations per variant, variants interleaved",
           flush=True)
     records, runners = [], {}
-    compile_reason = compile_skipped(bench.compile, device, image_data)
+    model_name = train_args(config["flags"], BASELINE, None, device).model_name
+    compile_reason = compile_skipped(bench.compile, device, model_name)
     names = [name for name, _, _ in variants(device, image_data)]
     unknown = sorted(set(bench.variants or []) - set(names))
     if unknown:
@@ -295,32 +367,49 @@ def main(argv=None):
                 reason = f"failed: {type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:120]}"
         if reason is not None:
             record.update(status="n/a", reason=reason)
+    # untimed: the FLOPs of an iteration for each R1 period that runs, then the machine's matmul peak
+    flops = {period: flops_per_iteration(config["flags"], bench.batch_size, device, period)
+             for period in sorted({runner.settings["r1_every"] for runner in runners.values()})}
+    info = runners["baseline"].info
+    counts = (f"{count / 1e9:.4g} GFLOP" + (f" with --r1_every {period}" if period > 1 else "")
+              for period, count in flops.items())
+    print(f"FLOPs per iteration (FlopCounterMode): {', '.join(counts)}; G {info['params_G'] / 1e6:.2f}M, "
+          f"D {info['params_D'] / 1e6:.2f}M parameters")
+    peak = matmul_peak(device)
+    print(f"fp32 matmul peak {peak['gflops']:.1f} GFLOP/s: torch.mm of {peak['n']} x {peak['n']} in "
+          f"{peak['seconds'] * 1e3:.1f} ms, best of {peak['calls']} calls, {peak['threads']} torch threads", flush=True)
     # round robin: every variant sees the same share of a shared machine's load
     for _ in range(timing["repeats"]):
         for runner in runners.values():
             runner.time()
 
     header = (f"{'variant':14s} {'images/s':>10s} {'ms/iter':>9s} {'best ms':>9s} {'CPU ms':>8s} {'peak MiB':>9s} "
-              f"{'vs base':>8s} {'warm-up s':>9s}  what")
+              f"{'vs base':>8s} {'GFLOP/s':>8s} {'% matmul':>8s} {'warm-up s':>9s}  what")
     print(header)
     print("-" * len(header))
     base = runners["baseline"].figures()["images_per_s"]
     for record in records:
         if record.get("status") == "n/a":
-            print(f"{record['name']:14s} {'n/a':>10s} {'':60s}  {record['what']} -- {record['reason']}")
+            print(f"{record['name']:14s} {'n/a':>10s}".ljust(len(header) - len("  what"))
+                  + f"  {record['what']} -- {record['reason']}")
             continue
         record.update(runners[record["name"]].figures())
         record["vs_baseline"] = record["images_per_s"] / base
-        peak = f"{record['peak_memory_mib']:.0f}" if record["peak_memory_mib"] is not None else "n/a"
+        record["flops_per_iter"] = flops[record["settings"]["r1_every"]]
+        record["gflop_per_s"] = record["flops_per_iter"] / record["ms_per_iter"] / 1e6
+        record["of_matmul_peak"] = record["gflop_per_s"] / peak["gflops"]
+        peak_mib = f"{record['peak_memory_mib']:.0f}" if record["peak_memory_mib"] is not None else "n/a"
         print(f"{record['name']:14s} {record['images_per_s']:10.1f} {record['ms_per_iter']:9.2f} "
-              f"{record['best_ms_per_iter']:9.2f} {record['cpu_ms_per_iter']:8.1f} {peak:>9s} "
-              f"{record['vs_baseline']:7.2f}x {record['warmup_s']:9.1f}  {record['what']}"
+              f"{record['best_ms_per_iter']:9.2f} {record['cpu_ms_per_iter']:8.1f} {peak_mib:>9s} "
+              f"{record['vs_baseline']:7.2f}x {record['gflop_per_s']:8.2f} {100 * record['of_matmul_peak']:7.1f}% "
+              f"{record['warmup_s']:9.1f}  {record['what']}"
               + ("" if record["losses_finite"] else "  (non-finite loss!)"))
     if device.type == "cuda":
         set_cuda_fast(True)
     print("vs base: images/s over the baseline's (below 1: slower). ms/iter: median wall time (best: fastest "
           "round); CPU ms: process CPU time, all threads. Peak MiB: CUDA max_memory_allocated of the variant "
-          "(not measured on CPU).")
+          "(not measured on CPU). GFLOP/s: the counted FLOPs per iteration over the median time; % matmul: that "
+          "over the fp32 matmul peak.")
 
     if bench.json:
         atomic_write_json(bench.json, dict(
@@ -328,7 +417,7 @@ def main(argv=None):
             device=device.type, device_name=device_name(device), torch=torch.__version__,
             torch_threads=torch.get_num_threads(), load_average_before=load_before, load_average_after=load_average(),
             command=shlex.join(["python", "scripts/bench_train.py"] + (sys.argv[1:] if argv is None else argv)),
-            time=time.strftime("%Y-%m-%d %H:%M:%S"), **timing, variants=records))
+            time=time.strftime("%Y-%m-%d %H:%M:%S"), **timing, matmul_peak=peak, variants=records))
         print(f"wrote {bench.json}")
     return records
 

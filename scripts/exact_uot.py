@@ -64,7 +64,14 @@ draws of both, the sampling floor; a third draw of the target is "the target"):
   between weighted point sets (exact in 1-D, scipy.stats.wasserstein_distance; ot.emd2 with the
   Euclidean cost otherwise); for the `outlier` target, the share of the mass nearer the outlier
   mean (-1) than the main mean (1).
+- modes (2-D mixture targets): the modes holding at least 1% of the mass within 0.5 of their
+  mean (scripts/sjko_toy_coverage.py's rule), and on 25gaussian the outer ones (of 16) after it.
+- target: w1_two_draws, W1 between two draws of N target points (what W1 to the target reads
+  for a perfect pushforward at this N).
 - ratio: the learned figure over the floor's (w1: w1_to_exact / w1_exact_to_exact).
+- the relaxation's error: `divergence` = D_Psi1(P 1 | a) + D_Psi2(P^T 1 | b) of the exact plan, and
+  `bound` = the balanced OT cost <M, P_emd> (s W2^2 for c = s ||x - y||^2): the UOTM paper's bound
+  on it (the plan's value is at most the balanced plan's, whose divergences are 0).
 
 One JSON line on stdout; a figure next to the run (exact_uot.png; with --tau_factor or --phis
 exact_uot_<phi1>_<phi2>_x<factor>.png; or --figure): in 1-D the two maps over x and the
@@ -237,11 +244,14 @@ def newton_stage(M, a, b, phi1, phi2, v, eps, steps=50):
 
 def newton_path(M, a, b, phi1, phi2, tol, stages=12):
     """Optimal potentials of the semi-dual by a path of smoothed problems: from the balanced
-    problem's duals (ot.emd), Newton at eps = 1e-3 (max M - min M), then eps / 10 at each stage,
+    problem's duals (ot.emd) or 0, whichever is higher, Newton at eps = 1e-3 (max M - min M), then eps / 10 at each stage,
     until the plan of the potentials (plan_from_potentials) is certified within `tol`.
     Returns (P, v, Newton steps)."""
     _, log = ot.emd(a, b, M, numItermax=10 ** 8, log=True)
-    v, eps, steps = log["v"].copy(), 1e-3 * float(M.max() - M.min()) or 1.0, 0
+    eps, steps = 1e-3 * float(M.max() - M.min()) or 1.0, 0
+    # the balanced duals, or v = 0 where they overflow Psi*: at large costs they reach hundreds and
+    # exp(-v) is infinite, while S(0) is finite for every pair
+    v = max((log["v"].copy(), np.zeros(len(b))), key=lambda v0: smoothed_semi_dual(M, a, b, phi1, phi2, v0, eps)[0])
     for _ in range(stages):
         v, done = newton_stage(M, a, b, phi1, phi2, v, eps)
         steps += done
@@ -264,9 +274,11 @@ def plan_from_potentials(M, a, b, phi1, phi2, u, v):
     elif phi2 == "linear":
         m1 = m1 * (m2.sum() / m1.sum())
     else:
-        mass = 0.5 * (m1.sum() + m2.sum())
-        m1, m2 = m1 * (mass / m1.sum()), m2 * (mass / m2.sum())
-    return ot.emd(m1, m2, M, numItermax=10 ** 8)
+        m1 = m1 * (0.5 * (m1.sum() + m2.sum()) / m1.sum())
+    # ot.emd checks equal sums to 6 decimals in absolute terms: it is given the two marginals as
+    # probability vectors and its plan is scaled back to their mass
+    mass = m1.sum()
+    return mass * ot.emd(m1 / mass, m2 / m2.sum(), M, numItermax=10 ** 8)
 
 
 def mm_solve(M, a, b, phi1, phi2, tol, max_iterations, chunk=250):
@@ -310,7 +322,9 @@ def solve(M, a, b, phi1, phi2, tol=1e-7, method="newton", max_iterations=50000):
     solver = PAIRS[(phi1, phi2)] if method == "mm" or "linear" == phi1 == phi2 else \
         "Newton path on the smoothed semi-dual, plan by ot.emd between the potentials' marginals"
     return P, v, dict(solver=solver, value=value, gap=value - semi_dual(M, a, b, v, phi1, phi2),
-                      iterations=iterations, mass=float(P.sum()))
+                      iterations=iterations, mass=float(P.sum()),
+                      divergence=divergence(phi1, P.sum(1), a) + divergence(phi2, P.sum(0), b),
+                      bound=float(ot.emd2(a, b, M, numItermax=10 ** 8)))
 
 
 def conditional(P, M, v):
@@ -340,6 +354,14 @@ def outlier_share(points, weights, outlier, main):
     """The share of the mass nearer the outlier mean than the main mean."""
     nearer = np.linalg.norm(points - outlier, axis=1) < np.linalg.norm(points - main, axis=1)
     return float(weights[nearer].sum() / weights.sum())
+
+
+def modes_covered(points, weights, means, outer=None, radius=0.5, min_share=0.01):
+    """The modes holding at least 1% of the mass within `radius` of their mean (the rule of
+    scripts/sjko_toy_coverage.py): [covered] or, with an `outer` mask, [covered, outer covered]."""
+    share = (weights[:, None] * (np.linalg.norm(points[:, None] - means[None], axis=2) <= radius)).sum(0)
+    covered = share / weights.sum() >= min_share
+    return [int(covered.sum())] + ([] if outer is None else [int(covered[outer].sum())])
 
 
 def carry_map(x_from, t_from, x_to):
@@ -373,6 +395,7 @@ class Problem:
     dim: int
     outlier: tuple = None   # (outlier mean, main mean) of an outlier target
     notes: list = field(default_factory=list)
+    modes: tuple = None     # a mixture target's means (datasets_prep.toy.TOY_MODES), and its outer ones (a mask)
 
     def cost_matrix(self, x, y):
         return self.scale * ot.dist(x, y)   # squared Euclidean distances
@@ -489,7 +512,11 @@ def train_run(path, options, checkpoint):
         y = sample_toy(toy, n, d, generator=g)
         return y + noise * torch.randn(n, d, generator=g) if noise else y
 
-    problem = Problem(a.phi1, a.phi2, scale, cost, source, target, d, metric_args(toy)["outlier"], notes)
+    modes = metric_args(toy)["modes"]
+    if modes is not None:   # 25gaussian's outer modes: the border of its grid (scripts/sjko_toy_coverage.py's)
+        means = modes[0].double().numpy()
+        modes = (means, np.abs(means).max(1) == np.abs(means).max() if toy == "25gaussian" else None)
+    problem = Problem(a.phi1, a.phi2, scale, cost, source, target, d, metric_args(toy)["outlier"], notes, modes)
     return Run(path, f"train.py ({a.mode} mode)", {"step": step}, G.eval(), a.nz, problem)
 
 
@@ -543,7 +570,9 @@ def compare(run, n=1000, seed=0, latents=32, tol=1e-7, method="newton", max_iter
         "exact": {"w1_to_target": r(w1(ya, A["push"], yt, target_w)), "outlier_share": share(ya, A["push"]),
                   "marginal_w1_to_target": None if A["marginal"] is None else r(w1(ya, A["marginal"], yt, target_w)),
                   "marginal_outlier_share": share(ya, A["marginal"]),
-                  "mass": r(A["info"]["mass"]), "value": r(A["info"]["value"]), "gap": float(f"{A['info']['gap']:.2e}"),
+                  "mass": r(A["info"]["mass"]), "value": r(A["info"]["value"]),
+                  "divergence": r(A["info"]["divergence"]), "bound": r(A["info"]["bound"]),
+                  "gap": float(f"{A['info']['gap']:.2e}"),
                   "iterations": A["info"]["iterations"], "solver": A["info"]["solver"]},
         "learned": {"w1_to_target": r(w1(points, uniform, yt, target_w)), "outlier_share": share(points, uniform),
                     "w1_to_exact": r(learned_w1), "map_error_mean": r(learned_map[0]),
@@ -553,8 +582,12 @@ def compare(run, n=1000, seed=0, latents=32, tol=1e-7, method="newton", max_iter
                   "w1_to_target": r(w1(yb, B["push"], yt, target_w)), "outlier_share": share(yb, B["push"]),
                   "gap": float(f"{B['info']['gap']:.2e}")},
         "ratio": {"w1": r(learned_w1 / floor_w1), "map_error_mean": r(learned_map[0] / floor_map[0])},
-        "target": {"outlier_share": share(yt, target_w)},
+        "target": {"outlier_share": share(yt, target_w), "w1_two_draws": r(w1(yb, uniform, yt, target_w))},
     }
+    if problem.modes is not None:
+        for part, (pts, w) in (("exact", (ya, A["push"])), ("learned", (points, uniform)), ("floor", (yb, B["push"])),
+                               ("target", (yt, target_w))):
+            record[part]["modes"] = modes_covered(pts, w, *problem.modes)
     arrays = dict(xa=xa, ya=ya, yt=yt, xb=xb, A=A, B=B, points=points, t_learned=t_learned)
     return record, arrays
 
@@ -642,10 +675,10 @@ def main(argv=None):
                                     f"exact_uot_{problem.phi1}_{problem.phi2}_x{a.tau_factor:g}.png")
     figure(run, arrays, path, f"{os.path.basename(run.path)}: ({problem.phi1}, {problem.phi2}), "
                               f"c = {problem.scale:.4g} ||x - y||^2, N {a.n}, seed {a.seed}")
-    line = {"run": run.path, "trainer": run.trainer, **run.where, "phi1": problem.phi1, "phi2": problem.phi2,
-            "cost": problem.cost, "cost_scale": problem.scale, "tau_factor": a.tau_factor,
+    line = {"run": os.path.relpath(run.path), "trainer": run.trainer, **run.where, "phi1": problem.phi1,
+            "phi2": problem.phi2, "cost": problem.cost, "cost_scale": problem.scale, "tau_factor": a.tau_factor,
             "n": a.n, "seed": a.seed, **record,
-            "notes": problem.notes, "figure": path, "seconds": round(time.time() - start, 1)}
+            "notes": problem.notes, "figure": os.path.relpath(path), "seconds": round(time.time() - start, 1)}
     print(json.dumps(line), flush=True)
     return line
 

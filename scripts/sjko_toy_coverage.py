@@ -17,7 +17,6 @@ run of each code.
 """
 import argparse
 import glob
-import json
 import os
 import re
 import statistics

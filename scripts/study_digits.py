@@ -1,5 +1,5 @@
 """The papers' claims on real images, at CPU scale: a multi-seed study on scikit-learn's
-8x8 handwritten digits, in one command (under an hour on 2 cores).
+8x8 handwritten digits, in one command (stages 1-3 under an hour on 2 cores, stage 4 another).
 
     python scripts/study_digits.py [--out train_logs/study_digits] [--jobs 2] [--rows NAME ...]
     python scripts/study_digits.py --compare train_logs/study_digits/runs.jsonl
@@ -18,6 +18,9 @@ save. Three stages, each row trained with its own number of seeds (seeds 0, 1, .
      constant learning rate: the rows differ only in the cost's reference and weight;
   3. the cross-check on the papers' NCSN++ (scripts/digits.flags), 3 seeds of 12 epochs: too
      short to converge, a check that the main rows' ordering is not the MLP's alone.
+  4. the tau sweep (issue 25): UOTM (kl, kl) at tau 0.024, 0.006, 0.0015 and 0.0003 with OTM and
+     the GAN at the same settings, 5 seeds each, on twice stage 1's budget (360 epochs): does
+     UOTM's gap to OTM close as the relaxation's error (at most tau W2^2) shrinks?
 
 `--jobs` runs at a time with one torch thread each. A run that finished is never run again:
 its record in runs.jsonl is kept, so a second invocation skips it and a half-finished study
@@ -26,14 +29,14 @@ continues (a run killed midway continues from its content.pth with --resume auto
   runs.jsonl      one record per run: row, seed, flags, exit code (3: diverged), seconds, the
                   CPU model, torch and Python versions, and every save's digits measures
   results.md      the measure's floor at the runs' n (2,000 samples), then per row, mean +- std
-                  over the seeds of the final measures, the curve, and whether it is flat (last
-                  two saves within 5%); then the comparisons
+                  over the seeds of the final measures, the curve, and whether it is flat (the
+                  slope rule, `convergence`); then the comparisons: Welch's p, and Holm's
+                  adjustment across all of them, on which the verdicts stand
   samples.png     the final samples of every row's first seed
   curves.png      digits_fd over training per row, the mean over seeds
 
 digits_fd is a Frechet distance on the features of a small digit classifier, not FID.
 """
-import argparse
 import concurrent.futures
 import json
 import os
@@ -47,6 +50,7 @@ import time
 import torch
 
 from uot.io import RecordLog, atomic_write_text
+from uot.records import chosen_rows, cpu_model, mean_sd, study_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +69,9 @@ EPOCHS, SAVE_EVERY = 180, 20
 # stage 2: 10 JKO steps of 220 iterations = 200 epochs of UOTM, at lr 1e-4 (constant) for both
 JKO_STEPS, JKO_ITERS, CONTINUE_LR = 10, 220, 1e-4
 NCSNPP_EPOCHS, NCSNPP_SAVE_EVERY = 12, 2   # 44 iterations per epoch at batch 32
+# stage 4, the tau sweep: twice stage 1's budget (OTM and the GAN were still falling at 180 epochs)
+SWEEP_EPOCHS, SWEEP_SAVE_EVERY = 360, 40
+SWEEP_TAUS = (0.024, 0.006, 0.0015, 0.0003)   # the study's tau, then 4x, 16x and 80x below
 
 
 def uotm(flags=""):
@@ -76,6 +83,11 @@ def continued(flags):
     Psi* pair, pairing and EMA as uotm_kl; `flags` pick UOTM or the JKO steps."""
     return (f"{MLP} --lr_g {CONTINUE_LR} --lr_d {CONTINUE_LR} --ema --phi1 kl --phi2 kl "
             f"--potential_pairing all_pairs {flags}")
+
+
+def sweep(flags=""):
+    return (f"{MLP} --num_epoch {SWEEP_EPOCHS} --schedule {SWEEP_EPOCHS} --save_image_every {SWEEP_SAVE_EVERY} "
+            f"{flags}")
 
 
 def sjko(h):
@@ -118,12 +130,17 @@ ROWS = [
     ("sjko_h0.1", "S-JKO", f"uotm_kl + {JKO_STEPS} JKO steps of {JKO_ITERS} iterations, h 0.1", sjko(0.1), 5,
      "uotm_kl"),
     ("sjko_h1", "S-JKO", f"uotm_kl + {JKO_STEPS} JKO steps of {JKO_ITERS} iterations, h 1", sjko(1), 5, "uotm_kl"),
+    *[(f"sweep_tau_{tau}", "tau sweep", f"UOTM (kl, kl), tau {tau}, {SWEEP_EPOCHS} epochs", sweep(f"--tau {tau}"),
+       5, None) for tau in SWEEP_TAUS],
+    ("sweep_otm", "tau sweep", f"OTM, {SWEEP_EPOCHS} epochs", sweep("--phi1 linear --phi2 linear"), 5, None),
+    ("sweep_gan", "tau sweep", f"GAN (R1 0.2, the study's settings), {SWEEP_EPOCHS} epochs", sweep("--loss gan"), 5,
+     None),
     ("ncsnpp_uotm", "NCSN++", "UOTM (kl, kl), tau 0.048, NCSN++ (12 epochs)", ncsnpp(), 3, None),
     ("ncsnpp_otm", "NCSN++", "OTM, NCSN++", ncsnpp("--phi1 linear --phi2 linear"), 3, None),
     ("ncsnpp_gan", "NCSN++", "GAN, NCSN++", ncsnpp("--loss gan"), 3, None),
     ("ncsnpp_shapes_uotm", "NCSN++", "UOTM on digits_train + 1% shapes, NCSN++", ncsnpp(SHAPES), 3, None),
 ]
-STAGES = {"S-JKO": 2, "NCSN++": 3}   # every other group is stage 1
+STAGES = {"S-JKO": 2, "NCSN++": 3, "tau sweep": 4}   # every other group is stage 1
 
 
 def row_argv(row, seed, out):
@@ -136,14 +153,6 @@ def row_argv(row, seed, out):
     if init_row is not None:
         argv += ["--init_from", os.path.join(out, "runs", dataset, f"{init_row}_seed{seed}", "content.pth")]
     return argv, os.path.join(out, "runs", dataset, f"{name}_seed{seed}")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def train_one(row, seed, out, wait_for=None):
@@ -165,15 +174,6 @@ def train_one(row, seed, out, wait_for=None):
                 flags=shlex.join(argv), run_dir=os.path.relpath(run_dir, out), saves=saves)
 
 
-def mean_sd(values, fmt="{:.1f}"):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.mean(values))} +- {fmt.format(statistics.stdev(values))}"
-
-
 def final(record, key):
     """The measure at the last save of a run that did not diverge."""
     if record["diverged"] or not record["saves"] or key not in record["saves"][-1]:
@@ -189,12 +189,38 @@ def mean_curve(records, row, key):
     return [statistics.mean(c[i] for c in curves if len(c) > i) for i in range(max(map(len, curves)))]
 
 
-FLAT = 0.05   # a row is flat when its seed-mean digits_fd moved by at most 5% over its last two saves
+def convergence(records, row, key="digits_fd"):
+    """The slope rule: each seed's least-squares slope of `key` over the last third of its saves
+    (at least 4 saves), times that span, is its drift. The row is flat when its mean drift is
+    within the standard error of its mean final value (too small to move a comparison), or when
+    the drifts do not differ from 0 (a one-sample t-test over the seeds, p >= 0.05) and their mean
+    is within one sd of the seeds' finals (with few seeds a t-test cannot see a large drift).
+    Returns (mean drift relative to the mean final value, p, flat), or None without 4 saves."""
+    from scipy.stats import ttest_1samp
+
+    runs = [r for r in records if r["row"] == row and not r["diverged"] and len(r["saves"]) >= 4]
+    if not runs:
+        return None
+    drifts, ends = [], []
+    for r in runs:
+        last = r["saves"][-max(4, -(-len(r["saves"]) // 3)):]
+        x = [s.get("step", i) for i, s in enumerate(last)]
+        y = [s[key] for s in last]
+        drifts.append(statistics.linear_regression(x, y).slope * (x[-1] - x[0]))
+        ends.append(y[-1])
+    drift, end = statistics.mean(drifts), statistics.mean(ends)
+    if len(drifts) < 2 or statistics.stdev(drifts) == 0:
+        p = 1.0 if drift == 0 else 0.0
+    else:
+        p = float(ttest_1samp(drifts, 0.0).pvalue)
+    spread = statistics.stdev(ends) if len(ends) > 1 else 0.0
+    flat = abs(drift) <= spread / len(ends) ** 0.5 or (p >= 0.05 and abs(drift) <= spread)
+    return drift / abs(end) if end else 0.0, p, flat
 
 
-def last_change(records, row, key="digits_fd"):
-    curve = mean_curve(records, row, key)
-    return abs(curve[-1] - curve[-2]) / abs(curve[-2]) if len(curve) >= 2 and curve[-2] else None
+def convergence_cell(records, row):
+    c = convergence(records, row)
+    return "n/a" if c is None else f"{c[0]:+.1%} (p {c[1]:.2g})" + ("" if c[2] else " not converged")
 
 
 SAMPLES = 2000   # samples per save in every run of the study (train.py's --measure_samples default)
@@ -217,8 +243,8 @@ def results_table(records, rows, floor=None):
     """The study's table: a first line with the floor at the study's n (`floor`: what
     digits_floor() returns; computed when None), then one line per row of `rows` that has records."""
     keys = ("digits_fd", "precision", "recall", "train_distance_ratio", "accepted_share", "classes_covered")
-    header = ["row", "what", "n", *keys, "outliers", "digits_fd per save (seed mean)", "last-save change",
-              "diverged", "seconds"]
+    header = ["row", "what", "n", *keys, "outliers", "digits_fd per save (seed mean)",
+              "drift over the last third of saves", "diverged", "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     values, label, draws = digits_floor() if floor is None else floor
     fmt = {k: "{:.1f}" if k == "digits_fd" else "{:.2f}" for k in keys}
@@ -228,12 +254,11 @@ def results_table(records, rows, floor=None):
         runs = [r for r in records if r["row"] == name]
         if not runs:
             continue
-        change = last_change(records, name)
-        flat = "n/a" if change is None else f"{change:.1%}" + ("" if change <= FLAT else " (not converged)")
         outliers = mean_sd([final(r, "outlier_fraction") for r in runs], "{:.4f}")
         lines.append(f"| {name} | {what} | {sum(not r['diverged'] for r in runs)} | " + " | ".join(
             mean_sd([final(r, k) for r in runs], fmt[k]) for k in keys) +
-            f" | {outliers} | {' '.join(f'{v:.0f}' for v in mean_curve(records, name, 'digits_fd'))} | {flat} | "
+            f" | {outliers} | {' '.join(f'{v:.0f}' for v in mean_curve(records, name, 'digits_fd'))} | "
+            f"{convergence_cell(records, name)} | "
             f"{sum(r['diverged'] for r in runs)}/{len(runs)} | {mean_sd([r['seconds'] for r in runs], '{:.0f}')} |")
     return "\n".join(lines)
 
@@ -264,6 +289,12 @@ COMPARISONS = [
     ("shapes_uotm", "uotm_kl", "outlier_fraction", "UOTM: shapes in its samples against the detector's "
      "false positives on UOTM trained without shapes", None),
     ("shapes_uotm", "shapes_otm", "digits_fd", "UOTM against OTM with outliers in the data", None),
+    *[(f"sweep_tau_{tau}", "sweep_otm", "digits_fd", f"tau sweep: UOTM at tau {tau} against OTM", None)
+      for tau in SWEEP_TAUS],
+    (f"sweep_tau_{SWEEP_TAUS[-1]}", f"sweep_tau_{SWEEP_TAUS[0]}", "digits_fd",
+     "tau sweep: UOTM's score falls as tau falls (the lowest tau against the study's)", True),
+    (f"sweep_tau_{SWEEP_TAUS[-1]}", "sweep_gan", "digits_fd", "tau sweep: UOTM at the lowest tau against the GAN",
+     None),
     ("ncsnpp_uotm", "ncsnpp_otm", "digits_fd", "NCSN++ cross-check: UOTM against OTM", None),
     ("ncsnpp_uotm", "ncsnpp_gan", "digits_fd", "NCSN++ cross-check: UOTM against GAN", None),
 ]
@@ -279,42 +310,64 @@ def best_gan(records):
     return min(scored)[1] if scored else None
 
 
-def verdict(xa, xb, claim_lower, flat):
-    """(p, the verdict): Welch's t-test of the two rows' finals; `claim_lower` as in COMPARISONS."""
+def welch_p(xa, xb):
+    """Welch's t-test of two rows' finals (None with fewer than 2 runs on a side)."""
     from scipy.stats import ttest_ind
 
     if len(xa) < 2 or len(xb) < 2:
-        return None, "too few runs"
+        return None
     p = float(ttest_ind(xa, xb, equal_var=False).pvalue)
     if p != p:   # both constant: no spread to test
         p = 1.0 if statistics.mean(xa) == statistics.mean(xb) else 0.0
+    return p
+
+
+def holm(ps):
+    """Holm's step-down adjustment of the p-values `ps` (None kept as None) for their number m:
+    the i-th smallest becomes max over j <= i of min(1, (m - j + 1) p_(j))."""
+    order = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    adjusted, running = list(ps), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(xa, xb, p, claim_lower, flat):
+    """The verdict of a comparison at its Holm-adjusted p; `claim_lower` as in COMPARISONS."""
+    if p is None:
+        return "too few runs"
     if p >= 0.05:
-        return p, f"no difference detected (n = {len(xa)}, {len(xb)})"
+        return f"no difference detected (n = {len(xa)}, {len(xb)})"
     lower = statistics.mean(xa) < statistics.mean(xb)
     if claim_lower is None:
-        found = "differ: the first lower (p < 0.05)" if lower else "differ: the second lower (p < 0.05)"
+        found = "differ: the first lower" if lower else "differ: the second lower"
     else:
         found = "held" if lower == claim_lower else "contradicted"
-    return p, found if flat else f"{found}, but a row is not converged: no verdict"
+    return found if flat else f"{found}, but a row is not converged: no verdict"
 
 
 def compare(records):
-    """The lines of COMPARISONS for `records` (the study's runs.jsonl)."""
-    lines = ["| claim | row A | row B | measure | A (mean +- sd, n) | B (mean +- sd, n) | last-save change A / B | "
-             "Welch p | verdict |", "|---" * 9 + "|"]
+    """The lines of COMPARISONS for `records` (the study's runs.jsonl): Welch's p of each, and
+    Holm's adjustment across every comparison of the page, on which the verdicts stand."""
     gan = best_gan(records)
+    rows = []
     for a, b, key, claim, lower in COMPARISONS:
         b = gan if b == "best_gan" else b
         xa, xb = finals(records, a, key), finals(records, b, key)
-        if not xa or not xb:
-            continue
-        ca, cb = last_change(records, a), last_change(records, b)
-        flat = None not in (ca, cb) and max(ca, cb) <= FLAT
-        p, found = verdict(xa, xb, lower, flat)
+        if xa and xb:
+            rows.append((a, b, key, claim, lower, xa, xb, welch_p(xa, xb)))
+    adjusted = holm([row[-1] for row in rows])
+    lines = [f"| claim | row A | row B | measure | A (mean +- sd, n) | B (mean +- sd, n) | drift A / B | Welch p | "
+             f"Holm p (m = {sum(p is not None for p in adjusted)}) | verdict |", "|---" * 10 + "|"]
+    for (a, b, key, claim, lower, xa, xb, p), p_holm in zip(rows, adjusted):
+        ca, cb = convergence(records, a), convergence(records, b)
+        flat = None not in (ca, cb) and ca[2] and cb[2]
         fmt = "{:.4f}" if key == "outlier_fraction" else "{:.2f}" if key == "digits_fd" else "{:.3f}"
         lines.append(f"| {claim} | {a} | {b} | {key} | {mean_sd(xa, fmt)} ({len(xa)}) | {mean_sd(xb, fmt)} "
-                     f"({len(xb)}) | {'n/a' if ca is None else f'{ca:.1%}'} / {'n/a' if cb is None else f'{cb:.1%}'} "
-                     f"| {'n/a' if p is None else f'{p:.2g}'} | {found} |")
+                     f"({len(xb)}) | {convergence_cell(records, a)} / {convergence_cell(records, b)} "
+                     f"| {'n/a' if p is None else f'{p:.2g}'} | {'n/a' if p_holm is None else f'{p_holm:.2g}'} "
+                     f"| {verdict(xa, xb, p_holm, lower, flat)} |")
     return lines
 
 
@@ -342,27 +395,26 @@ def figures(records, rows, out):
         ax.set_title(f"{name}\nseed {first['seed']}" + (" (diverged)" if first["diverged"] else ""), fontsize=8)
     save_figure(fig, os.path.join(out, "samples.png"))
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    panel = {"main": 0, "tau": 0, "GAN": 0, "course report": 1, "pairing": 1, "outliers": 1, "S-JKO": 2, "NCSN++": 2}
-    for name, group, *_ in rows:
+    panel = {"main": 0, "tau": 0, "GAN": 0, "course report": 1, "pairing": 1, "outliers": 1, "S-JKO": 2, "NCSN++": 2,
+             "tau sweep": 3}
+    plotted = [(name, group) for name, group, *_ in rows
+               if any(r["row"] == name and not r["diverged"] and r["saves"] for r in records)]
+    used = sorted({panel[group] for _, group in plotted})   # one panel per group of rows that has runs
+    fig, axes = plt.subplots(1, len(used), figsize=(5.3 * len(used), 4.5), squeeze=False)
+    for name, group in plotted:
         ok = [r for r in records if r["row"] == name and not r["diverged"] and r["saves"]]
-        if not ok:
-            continue
         steps = [s["step"] for s in max(ok, key=lambda r: len(r["saves"]))["saves"]]
-        axes[panel[group]].plot(steps, mean_curve(records, name, "digits_fd"), marker="o", ms=3, label=name)
-    for ax in axes:
+        axes[0, used.index(panel[group])].plot(steps, mean_curve(records, name, "digits_fd"), marker="o", ms=3,
+                                               label=name)
+    for ax in axes.flat:
         ax.set(xlabel="iteration (S-JKO, continued: after uotm_kl's)", ylabel="digits_fd (mean over seeds)",
                yscale="log")
-        if ax.lines:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
     save_figure(fig, os.path.join(out, "curves.png"))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.path.join("train_logs", "study_digits"))
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one torch thread each")
-    p.add_argument("--rows", nargs="+", default=None, help="only these rows (default: all)")
+    p = study_parser(__doc__.splitlines()[0], os.path.join("train_logs", "study_digits"))
     p.add_argument("--seeds", type=int, default=None, help="at most this many seeds per row (default: each row's)")
     p.add_argument("--compare", metavar="RUNS.jsonl", help="print the comparisons of a finished study and exit")
     a = p.parse_args(argv)
@@ -370,10 +422,7 @@ def main(argv=None):
         with open(a.compare, encoding="utf-8") as f:
             print("\n".join(compare([json.loads(line) for line in f if line.strip()])))
         return
-    unknown = set(a.rows or []) - {row[0] for row in ROWS}
-    if unknown:
-        p.error(f"--rows: unknown {', '.join(sorted(unknown))}; choose from {', '.join(r[0] for r in ROWS)}")
-    rows = [row for row in ROWS if a.rows is None or row[0] in a.rows]
+    rows = chosen_rows(p, a.rows, ROWS)
     os.makedirs(a.out, exist_ok=True)
     log = RecordLog(os.path.join(a.out, "runs.jsonl"))   # rewritten atomically at every append
     records = log.records

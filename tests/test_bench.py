@@ -1,5 +1,6 @@
-"""scripts/bench_train.py: every variant is reported, with figures that add up, and its
-baseline EMA is the same average as uot.ema's."""
+"""scripts/bench_train.py: every variant is reported, with figures that add up, its
+baseline EMA is the same average as uot.ema's, and its FLOP counts and matmul peak are
+the hand-computed ones."""
 import importlib.util
 import json
 import os
@@ -44,6 +45,21 @@ def test_toy_run_reports_every_variant(tmp_path):
         assert abs(v["images_per_s"] * v["ms_per_iter"] - 400 * 1e3) < 1e-6 * 400 * 1e3
         assert abs(v["vs_baseline"] - v["images_per_s"] / variants["baseline"]["images_per_s"]) < 1e-9
     assert variants["baseline"]["vs_baseline"] == 1.0
+    # FLOPs over seconds: GFLOP/s, and its share of the matmul peak measured in the same run
+    peak = report["matmul_peak"]
+    assert peak["gflops"] > 0 and peak["seconds"] >= 0.05 and peak["threads"] == report["torch_threads"]
+    assert abs(peak["gflops"] - 2 * peak["n"] ** 3 / peak["seconds"] / 1e9) < 1e-9 * peak["gflops"]
+    for name, v in variants.items():
+        if name in not_here:
+            continue
+        assert v["flops_per_iter"] > 0, name
+        assert abs(v["gflop_per_s"] - v["flops_per_iter"] / (v["ms_per_iter"] / 1e3) / 1e9) < 1e-9 * v["gflop_per_s"]
+        assert abs(v["of_matmul_peak"] - v["gflop_per_s"] / peak["gflops"]) < 1e-9 * v["of_matmul_peak"]
+        # one count per R1 period: bf16 and the optimizer and EMA variants run the same matmuls
+        same = variants["lazy_r1" if v["settings"]["r1_every"] > 1 else "baseline"]["flops_per_iter"]
+        assert v["flops_per_iter"] == same, name
+    # lazy R1 skips R1's gradient and double backward on 3 potential steps of 4
+    assert variants["lazy_r1"]["flops_per_iter"] < variants["baseline"]["flops_per_iter"]
     # lazy R1 times whole R1 periods; the default is train.py's: fused Adam, foreach EMA, fp32, R1 every step
     assert variants["lazy_r1"]["iters"] == 4 and variants["lazy_r1"]["settings"]["r1_every"] == 4
     assert variants["default"]["settings"] == dict(bench_train.BASELINE, adam="fused", ema="foreach")
@@ -64,3 +80,28 @@ def test_baseline_ema_loop_is_the_foreach_lerp():
         update_ema(ema_lerp, model, 0.9)
     for a, b in zip(ema_loop.state_dict().values(), ema_lerp.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_flop_count_of_a_linear_layer():
+    """The counter on hand-counted passes of x W^T + b (B x n_in by n_in x n_out: 2 B n_in n_out
+    FLOPs per matmul; bias sums and elementwise work are not counted)."""
+    batch, n_in, n_out = 5, 3, 4
+    linear = torch.nn.Linear(n_in, n_out)
+    x = torch.randn(batch, n_in, requires_grad=True)
+    # forward, then the gradients of the input and of the weight: 3 matmuls
+    assert bench_train.count_flops(lambda: linear(x).sum().backward()) == 6 * batch * n_in * n_out
+
+    def r1_step():
+        value = linear(x).sum()
+        (grad,) = torch.autograd.grad(value, x, create_graph=True)   # 1 matmul: ones @ W
+        (value + grad.pow(2).sum()).backward()   # 2 for the value, 1 for the weight gradient of ones @ W
+
+    # R1's torch.autograd.grad to the leaf x is counted too (plain FlopCounterMode raises there)
+    assert bench_train.count_flops(r1_step) == 10 * batch * n_in * n_out
+
+
+def test_matmul_peak_is_positive():
+    peak = bench_train.matmul_peak(torch.device("cpu"), min_seconds=0.01, repeats=2)
+    assert peak["n"] % 256 == 0 and peak["seconds"] >= 0.01 and peak["calls"] == 2
+    assert peak["gflops"] == 2 * peak["n"] ** 3 / peak["seconds"] / 1e9 > 0
+    assert peak["threads"] == torch.get_num_threads()

@@ -186,7 +186,7 @@ def test_the_learned_map_is_its_exact_solution_within_the_sampling_floor(toy_run
 def test_a_wrong_cost_scale_or_psi_pair_fails_the_same_check(toy_run, flags):
     line = exact_uot.main([toy_run, "--n", str(N), *flags])
     assert not within_floor(line), line
-    assert os.path.isfile(line["figure"]) and line["figure"] != os.path.join(toy_run, "exact_uot.png")
+    assert os.path.isfile(line["figure"]) and os.path.abspath(line["figure"]) != os.path.join(toy_run, "exact_uot.png")
 
 
 # --- train.py toy runs ------------------------------------------------------------------
@@ -239,3 +239,30 @@ def test_what_it_cannot_solve_is_refused_in_one_line(tmp_path, toy_run):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and "image run" in done.stderr
+
+
+# --- the relaxation's error against tau (scripts/exact_uot_tau.py) -------------------------
+
+def test_the_exact_divergence_grows_with_the_cost_scale_and_stays_under_the_papers_bound(toy_run, tmp_path):
+    """D_Psi1 + D_Psi2 of the exact plan <= the balanced OT cost s W2^2 at every scale, the bound is
+    linear in s (the same points), and the divergence grows with s (a larger cost makes destroying
+    and creating mass cheaper than moving it)."""
+    spec = importlib.util.spec_from_file_location("exact_uot_tau", os.path.join(ROOT, "scripts", "exact_uot_tau.py"))
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    jsonl = tmp_path / "tau.jsonl"
+    lines = sweep.main([toy_run, "--factors", "0.1", "1", "10", "--n", "200", "--jsonl", str(jsonl),
+                        "--figure", str(tmp_path / "tau.png")])
+    assert [json.loads(line) for line in jsonl.read_text().splitlines()] == lines
+    exact = [line for line in lines if line["kind"] == "exact"]
+    assert [line["factor"] for line in exact] == [0.1, 1, 10] and all(line["certified"] for line in exact)
+    divergence = [line["exact"]["divergence"] for line in exact]
+    bound = [line["exact"]["bound"] for line in exact]
+    assert all(0 < d <= b for d, b in zip(divergence, bound))
+    assert bound[1] == pytest.approx(10 * bound[0], rel=1e-3) and bound[2] == pytest.approx(100 * bound[0], rel=1e-3)
+    assert divergence[0] < divergence[1] < divergence[2]
+    (learned,) = [line for line in lines if line["kind"] == "learned"]
+    assert learned["cost_scale"] == 0.25 and learned["learned"]["w1_to_target"] > 0
+    assert (tmp_path / "tau.png").stat().st_size > 0
+    with pytest.raises(UsageError, match="--factors"):
+        sweep.main([toy_run, "--factors", "0", "--jsonl", str(jsonl), "--figure", str(tmp_path / "x.png")])

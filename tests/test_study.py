@@ -63,17 +63,18 @@ def test_the_study_runs_its_stages_then_continues_without_rerunning_anything(tmp
     assert again[:2] == records and sorted((r["row"], r["seed"]) for r in again[2:]) == [("a", 1), ("jko", 1)]
 
 
-def fake_runs(row, finals, previous=None):
-    """Records of `row` whose last save is each of `finals` (and the one before, `previous`)."""
-    return [{"row": row, "diverged": False, "saves": [{"digits_fd": previous or v}, {"digits_fd": v}]}
-            for v in finals]
+def fake_runs(row, finals, drift=0.0):
+    """Records of `row` with four saves each (steps 0-3), the last at each of `finals`, the ones
+    before it `drift`, 2 `drift` and 3 `drift` above it (the slope rule's drift: -3 `drift`)."""
+    return [{"row": row, "diverged": False,
+             "saves": [{"step": i, "digits_fd": v + (3 - i) * drift} for i in range(4)]} for v in finals]
 
 
 @pytest.mark.parametrize("a, b, claim, verdict", [
     ([1, 2, 3], [4, 5, 6], True, "held"),              # Welch t = -3.67, 4 df: p = 0.0213
     ([4, 5, 6], [1, 2, 3], True, "contradicted"),
     ([4, 5, 6], [1, 2, 3], False, "held"),           # a claim that A is higher (recall)
-    ([1, 2, 3], [4, 5, 6], None, "differ: the first lower (p < 0.05)"),
+    ([1, 2, 3], [4, 5, 6], None, "differ: the first lower"),
     ([1, 2, 3], [2, 3, 4], True, "no difference detected (n = 3, 3)"),   # p = 0.29
 ])
 def test_a_verdict_needs_welch_p_below_005_and_says_n_otherwise(a, b, claim, verdict, monkeypatch):
@@ -82,16 +83,52 @@ def test_a_verdict_needs_welch_p_below_005_and_says_n_otherwise(a, b, claim, ver
     header, rule, line = study.compare(fake_runs("a", a) + fake_runs("b", b))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[0] == "a claim" and cells[-1] == verdict
-    assert cells[4] == f"{statistics.mean(a):.2f} +- 1.00 (3)" and cells[6] == "0.0% / 0.0%"
-    assert cells[7] == ("0.021" if abs(statistics.mean(a) - statistics.mean(b)) == 3 else "0.29")
+    assert cells[4] == f"{statistics.mean(a):.2f} +- 1.00 (3)" and cells[6] == "+0.0% (p 1) / +0.0% (p 1)"
+    p = "0.021" if abs(statistics.mean(a) - statistics.mean(b)) == 3 else "0.29"
+    assert cells[7] == cells[8] == p   # one comparison: Holm changes nothing
+    assert "Holm p (m = 1)" in header
+
+
+def test_holm_multiplies_the_smallest_p_by_m_and_keeps_the_order():
+    study = load_study()
+    assert study.holm([0.01, None, 0.04, 0.03]) == pytest.approx([0.03, None, 0.06, 0.06])
+    assert study.holm([0.5, 0.6]) == [1.0, 1.0] and study.holm([]) == []
+
+
+def test_holm_turns_a_verdict_of_one_comparison_among_many_into_no_difference(monkeypatch):
+    """p = 0.021 alone is a verdict; the same comparison beside three others with p ~ 1 is
+    multiplied by 4 (0.085): no difference detected."""
+    study = load_study()
+    monkeypatch.setattr(study, "COMPARISONS", [("a", "b", "digits_fd", "a claim", True)] +
+                        [("c", "c", "digits_fd", f"same {i}", None) for i in range(3)])
+    lines = study.compare(fake_runs("a", [1, 2, 3]) + fake_runs("b", [4, 5, 6]) + fake_runs("c", [1, 2, 3]))
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[7] == "0.021" and cells[8] == "0.085" and cells[-1] == "no difference detected (n = 3, 3)"
+
+
+def test_the_slope_rule_calls_a_row_flat_only_when_its_drift_is_within_noise():
+    study = load_study()
+    # the last saves fall by 3 on every seed (a real drift, larger than the seeds' spread): not flat
+    drift, p, flat = study.convergence(fake_runs("a", [10, 11, 12], drift=1.0), "a")
+    assert drift == pytest.approx(-3 / 11) and p == 0.0 and not flat
+    # drifts of -6, +1, -4 (mean -3, p 0.29) larger than the finals' spread (sd 1): not flat either
+    runs = fake_runs("a", [10], drift=2) + fake_runs("a", [11], drift=-1 / 3) + fake_runs("a", [12], drift=4 / 3)
+    drift, p, flat = study.convergence(runs, "a")
+    assert drift == pytest.approx(-3 / 11) and p == pytest.approx(0.286, abs=1e-3) and not flat
+    # the same finals with drifts of -0.3, +0.3, -0.15: flat
+    runs = fake_runs("a", [10], drift=0.1) + fake_runs("a", [11], drift=-0.1) + fake_runs("a", [12], drift=0.05)
+    assert study.convergence(runs, "a")[2]
+    # a consistent drift smaller than the standard error of the mean final (sd 1 / sqrt 3): flat
+    assert study.convergence(fake_runs("a", [10, 11, 12], drift=0.15), "a")[2]
+    assert study.convergence([{"row": "a", "diverged": False, "saves": [{"digits_fd": 1}] * 3}], "a") is None
 
 
 def test_no_verdict_for_a_row_whose_curve_still_moves(monkeypatch):
     study = load_study()
     monkeypatch.setattr(study, "COMPARISONS", [("a", "b", "digits_fd", "a claim", True)])
-    # a's seed mean went 10 -> 2 over its last two saves: 80% change, not flat
-    line = study.compare(fake_runs("a", [1, 2, 3], previous=10) + fake_runs("b", [4, 5, 6]))[-1]
-    assert "80.0% / 0.0%" in line and line.endswith("held, but a row is not converged: no verdict |")
+    line = study.compare(fake_runs("a", [1, 2, 3], drift=4) + fake_runs("b", [4, 5, 6]))[-1]
+    assert "-600.0% (p 0) not converged / +0.0% (p 1)" in line
+    assert line.endswith("held, but a row is not converged: no verdict |")
 
 
 def test_the_gan_side_of_a_comparison_is_the_best_of_the_tuned_gans(monkeypatch):
@@ -113,5 +150,7 @@ def test_the_results_page_shows_the_recorded_study_as_the_script_prints_it():
         (row[0], seed) for row in study.ROWS for seed in range(row[4]))
     with open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8") as f:
         page = f.read()
-    assert study.results_table(records, study.ROWS) in page
+    sweep = [row for row in study.ROWS if row[1] == "tau sweep"]
+    assert study.results_table(records, [row for row in study.ROWS if row not in sweep]) in page
+    assert study.results_table(records, sweep) in page   # the tau sweep's own section
     assert "\n".join(study.compare(records)) in page
