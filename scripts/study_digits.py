@@ -14,8 +14,9 @@ save. Three stages, each row trained with its own number of seeds (seeds 0, 1, .
      transport cost, the course report's rows (softplus against exp, EMA on and off), the
      pairings, and the outlier set digits_train+shapes;
   2. S-JKO from a converged phase 0: each seed's uotm_kl run (--init_from) goes on for 2,200
-     iterations either as K = 10 JKO steps (h 0.1 or 1) or as UOTM continued, at the same
-     constant learning rate: the rows differ only in the cost's reference and weight;
+     iterations either as K = 10 JKO steps (h 0.1 or 1) or as UOTM continued (at tau 0.024, and
+     at tau 0.0012, the cost almost dropped: the control of the JKO rows, which drop the cost
+     tied to the source), at the same constant learning rate;
   3. the cross-check on the papers' NCSN++ (scripts/digits.flags), 3 seeds of 12 epochs: too
      short to converge, a check that the main rows' ordering is not the MLP's alone.
   4. the tau sweep (issue 25): UOTM (kl, kl) at tau 0.024, 0.006, 0.0015 and 0.0003 with OTM and
@@ -68,6 +69,7 @@ ITERS_PER_EPOCH = 1437 // 128        # batch 128 on the 1,437 digits of digits_t
 EPOCHS, SAVE_EVERY = 180, 20
 # stage 2: 10 JKO steps of 220 iterations = 200 epochs of UOTM, at lr 1e-4 (constant) for both
 JKO_STEPS, JKO_ITERS, CONTINUE_LR = 10, 220, 1e-4
+SMALL_TAU = 0.0012   # stage 2's control: UOTM continued with the cost tied to the source almost dropped
 NCSNPP_EPOCHS, NCSNPP_SAVE_EVERY = 12, 2   # 44 iterations per epoch at batch 32
 # stage 4, the tau sweep: twice stage 1's budget (OTM and the GAN were still falling at 180 epochs)
 SWEEP_EPOCHS, SWEEP_SAVE_EVERY = 360, 40
@@ -127,6 +129,10 @@ ROWS = [
     ("uotm_continued", "S-JKO", f"uotm_kl continued {JKO_STEPS * JKO_ITERS} iterations at lr {CONTINUE_LR}",
      continued(f"--num_epoch {JKO_STEPS * JKO_ITERS // ITERS_PER_EPOCH} --no_lr_decay --save_image_every 20"),
      5, "uotm_kl"),
+    ("uotm_continued_tau_small", "S-JKO", f"uotm_kl continued {JKO_STEPS * JKO_ITERS} iterations at lr {CONTINUE_LR}, "
+     f"tau {SMALL_TAU} (20x smaller: the cost almost dropped, as in the JKO steps)",
+     continued(f"--num_epoch {JKO_STEPS * JKO_ITERS // ITERS_PER_EPOCH} --no_lr_decay --save_image_every 20 "
+               f"--tau {SMALL_TAU}"), 5, "uotm_kl"),
     ("sjko_h0.1", "S-JKO", f"uotm_kl + {JKO_STEPS} JKO steps of {JKO_ITERS} iterations, h 0.1", sjko(0.1), 5,
      "uotm_kl"),
     ("sjko_h1", "S-JKO", f"uotm_kl + {JKO_STEPS} JKO steps of {JKO_ITERS} iterations, h 1", sjko(1), 5, "uotm_kl"),
@@ -285,6 +291,10 @@ COMPARISONS = [
     ("uotm_kl", "tau_0.048", "digits_fd", "tau 0.024 against 0.048", None),
     ("sjko_h0.1", "uotm_continued", "digits_fd", "S-JKO paper: JKO steps improve on UOTM (h 0.1)", True),
     ("sjko_h1", "uotm_continued", "digits_fd", "S-JKO paper: JKO steps improve on UOTM (h 1)", True),
+    ("sjko_h0.1", "uotm_continued_tau_small", "digits_fd", "S-JKO's control: JKO steps (h 0.1) against UOTM "
+     "continued with the cost almost dropped", True),
+    ("uotm_continued_tau_small", "uotm_continued", "digits_fd", "dropping the cost alone, UOTM continued: tau "
+     f"{SMALL_TAU} against 0.024", None),
     ("shapes_uotm", "shapes_otm", "outlier_fraction", "UOTM paper: UOTM generates fewer outliers than OTM", True),
     ("shapes_uotm", "uotm_kl", "outlier_fraction", "UOTM: shapes in its samples against the detector's "
      "false positives on UOTM trained without shapes", None),
