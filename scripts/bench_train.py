@@ -1,6 +1,6 @@
 """Training speed of train.py, one optimization at a time, against a plain baseline.
 
-    python scripts/bench_train.py --config cifar10|celeba_256|digits|digits_wide|digits_mlp|mnist_mlp|toy
+    python scripts/bench_train.py --config cifar10|celeba_256|digits|digits_wide|digits_mlp|mnist_mlp|mnist_study|mnist_ncsnpp|toy
         [--device cpu|cuda] [--batch_size N] [--warmup W --iters N --repeats R] [--compile auto|on|off]
         [--variants NAME ...] [--json PATH]
 
@@ -84,6 +84,15 @@ CONFIGS = {
     "mnist_mlp": dict(flags="--dataset mnist --model_name mlp --mlp_width 1024 --mlp_depth 3 --nz 16 "
                             "--batch_size 128 --lr_g 4e-4 --lr_d 4e-4 --eta_min 1e-5 --ema_decay 0.999 --tau 0.003 "
                             "--phi1 kl --phi2 kl", warmup=2, iters=10, repeats=3),
+    # the MLP pair of scripts/study_mnist.py (scripts/mnist_mlp.flags: 3 hidden layers of 512), UOTM (kl, kl)
+    "mnist_study": dict(flags="--dataset mnist " + read_flags("mnist_mlp.flags") + " --lr_g 4e-4 --lr_d 4e-4 "
+                              "--phi1 kl --phi2 kl", warmup=2, iters=20, repeats=3),
+    # a reduced NCSN++ pair for MNIST at 32 px (issue 26.4's candidate): 16 channels, ch_mult 1 2 2, one res
+    # block, attention at 8 px, potential ngf 8; G 0.42M, D 0.19M (the published widths: D 12.25M)
+    "mnist_ncsnpp": dict(flags="--dataset mnist --image_size 32 --num_channels_dae 16 --ch_mult 1 2 2 "
+                               "--num_res_blocks 1 --attn_resolutions 8 --ngf 8 --n_mlp 2 --z_emb_dim 64 --nz 16 "
+                               "--batch_size 64 --ema_decay 0.999 --tau 0.003 --phi1 kl --phi2 kl",
+                         warmup=1, iters=3, repeats=3),
     # the S-JKO 2-D toy networks and batch (scripts/toy2d_sjko.sh), with train.py's default R1
     "toy": dict(flags="--dataset 8gaussian --model_name toy --image_size 2 --nz 2 --batch_size 400 "
                       "--lr_g 1e-4 --lr_d 2e-5", warmup=3, iters=10, repeats=3),

@@ -16,22 +16,14 @@ in that only): W1 between the target and T_learned#mu at that scale. Densities o
 pushforward are not estimated, so the learned error is read in W1 beside the exact one.
 """
 import argparse
-import importlib.util
 import json
 import os
 import time
 
+from uot.cli import script_module
 from uot.errors import UsageError, exit_on_usage_error
 from uot.io import atomic_write_text
 from uot.plots import save_figure
-
-
-def exact_uot_module():
-    here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location("exact_uot", os.path.join(here, "exact_uot.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def same_problem(a, b):
@@ -183,7 +175,7 @@ def main(argv=None):
     if any(not f > 0 for f in a.factors) or a.n < 2:
         raise UsageError("--factors must be > 0 and --n >= 2")
     start = time.time()
-    exact_uot = exact_uot_module()
+    exact_uot = script_module("exact_uot")
     runs = [exact_uot.load_run(os.path.abspath(path)) for path in a.runs]
     for run in runs[1:]:
         if not same_problem(runs[0].problem, run.problem):

@@ -38,20 +38,15 @@ continues (a run killed midway continues from its content.pth with --resume auto
 
 digits_fd is a Frechet distance on the features of a small digit classifier, not FID.
 """
-import concurrent.futures
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
-import sys
-import time
 
-import torch
-
+from uot import study
 from uot.io import RecordLog, atomic_write_text
-from uot.records import chosen_rows, cpu_model, mean_sd, study_parser
+from uot.records import chosen_rows, mean_sd, study_parser
+from uot.study import final, finals, mean_curve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
@@ -161,75 +156,15 @@ def row_argv(row, seed, out):
     return argv, os.path.join(out, "runs", dataset, f"{name}_seed{seed}")
 
 
-def train_one(row, seed, out, wait_for=None):
-    """One train.py run in its own process, one thread, under <out>/runs; returns its record.
-    `wait_for`: the future of the run it starts from."""
-    if wait_for is not None:
-        wait_for.result()
-    argv, run_dir = row_argv(row, seed, out)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    start = time.time()
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "stdout.txt"), "w") as log:
-        code = subprocess.run([sys.executable, os.path.join(ROOT, "train.py")] + argv, cwd=ROOT, env=env,
-                              stdout=log, stderr=subprocess.STDOUT).returncode
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    saves = json.load(open(metrics_path)) if os.path.exists(metrics_path) else []
-    return dict(row=row[0], seed=seed, exit_code=code, diverged=code == 3, seconds=round(time.time() - start, 1),
-                cpu=cpu_model(), torch=torch.__version__, python=platform.python_version(),
-                flags=shlex.join(argv), run_dir=os.path.relpath(run_dir, out), saves=saves)
-
-
-def final(record, key):
-    """The measure at the last save of a run that did not diverge."""
-    if record["diverged"] or not record["saves"] or key not in record["saves"][-1]:
-        return None
-    return record["saves"][-1][key]
-
-
-def mean_curve(records, row, key):
-    """The seed-mean of `key` per save over the runs of `row` that did not diverge."""
-    curves = [[s[key] for s in r["saves"]] for r in records if r["row"] == row and not r["diverged"] and r["saves"]]
-    if not curves:
-        return []
-    return [statistics.mean(c[i] for c in curves if len(c) > i) for i in range(max(map(len, curves)))]
+SAMPLES = 2000   # samples per save in every run of the study (train.py's --measure_samples default)
 
 
 def convergence(records, row, key="digits_fd"):
-    """The slope rule: each seed's least-squares slope of `key` over the last third of its saves
-    (at least 4 saves), times that span, is its drift. The row is flat when its mean drift is
-    within the standard error of its mean final value (too small to move a comparison), or when
-    the drifts do not differ from 0 (a one-sample t-test over the seeds, p >= 0.05) and their mean
-    is within one sd of the seeds' finals (with few seeds a t-test cannot see a large drift).
-    Returns (mean drift relative to the mean final value, p, flat), or None without 4 saves."""
-    from scipy.stats import ttest_1samp
-
-    runs = [r for r in records if r["row"] == row and not r["diverged"] and len(r["saves"]) >= 4]
-    if not runs:
-        return None
-    drifts, ends = [], []
-    for r in runs:
-        last = r["saves"][-max(4, -(-len(r["saves"]) // 3)):]
-        x = [s.get("step", i) for i, s in enumerate(last)]
-        y = [s[key] for s in last]
-        drifts.append(statistics.linear_regression(x, y).slope * (x[-1] - x[0]))
-        ends.append(y[-1])
-    drift, end = statistics.mean(drifts), statistics.mean(ends)
-    if len(drifts) < 2 or statistics.stdev(drifts) == 0:
-        p = 1.0 if drift == 0 else 0.0
-    else:
-        p = float(ttest_1samp(drifts, 0.0).pvalue)
-    spread = statistics.stdev(ends) if len(ends) > 1 else 0.0
-    flat = abs(drift) <= spread / len(ends) ** 0.5 or (p >= 0.05 and abs(drift) <= spread)
-    return drift / abs(end) if end else 0.0, p, flat
+    return study.convergence(records, row, key)
 
 
 def convergence_cell(records, row):
-    c = convergence(records, row)
-    return "n/a" if c is None else f"{c[0]:+.1%} (p {c[1]:.2g})" + ("" if c[2] else " not converged")
-
-
-SAMPLES = 2000   # samples per save in every run of the study (train.py's --measure_samples default)
+    return study.convergence_cell(records, row, "digits_fd")
 
 
 def digits_floor(n=SAMPLES):
@@ -309,10 +244,7 @@ COMPARISONS = [
     ("ncsnpp_uotm", "ncsnpp_gan", "digits_fd", "NCSN++ cross-check: UOTM against GAN", None),
 ]
 GANS = ("gan", "gan_dcgan_opt", "gan_r1_1")
-
-
-def finals(records, row, key):
-    return [v for r in records if r["row"] == row and (v := final(r, key)) is not None]
+FORMATS = {"digits_fd": "{:.2f}", "outlier_fraction": "{:.4f}"}
 
 
 def best_gan(records):
@@ -320,107 +252,22 @@ def best_gan(records):
     return min(scored)[1] if scored else None
 
 
-def welch_p(xa, xb):
-    """Welch's t-test of two rows' finals (None with fewer than 2 runs on a side)."""
-    from scipy.stats import ttest_ind
-
-    if len(xa) < 2 or len(xb) < 2:
-        return None
-    p = float(ttest_ind(xa, xb, equal_var=False).pvalue)
-    if p != p:   # both constant: no spread to test
-        p = 1.0 if statistics.mean(xa) == statistics.mean(xb) else 0.0
-    return p
-
-
-def holm(ps):
-    """Holm's step-down adjustment of the p-values `ps` (None kept as None) for their number m:
-    the i-th smallest becomes max over j <= i of min(1, (m - j + 1) p_(j))."""
-    order = sorted((p, i) for i, p in enumerate(ps) if p is not None)
-    adjusted, running = list(ps), 0.0
-    for rank, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
-def verdict(xa, xb, p, claim_lower, flat):
-    """The verdict of a comparison at its Holm-adjusted p; `claim_lower` as in COMPARISONS."""
-    if p is None:
-        return "too few runs"
-    if p >= 0.05:
-        return f"no difference detected (n = {len(xa)}, {len(xb)})"
-    lower = statistics.mean(xa) < statistics.mean(xb)
-    if claim_lower is None:
-        found = "differ: the first lower" if lower else "differ: the second lower"
-    else:
-        found = "held" if lower == claim_lower else "contradicted"
-    return found if flat else f"{found}, but a row is not converged: no verdict"
-
-
 def compare(records):
-    """The lines of COMPARISONS for `records` (the study's runs.jsonl): Welch's p of each, and
-    Holm's adjustment across every comparison of the page, on which the verdicts stand."""
+    """The lines of COMPARISONS for `records` (the study's runs.jsonl), "best_gan" resolved."""
     gan = best_gan(records)
-    rows = []
-    for a, b, key, claim, lower in COMPARISONS:
-        b = gan if b == "best_gan" else b
-        xa, xb = finals(records, a, key), finals(records, b, key)
-        if xa and xb:
-            rows.append((a, b, key, claim, lower, xa, xb, welch_p(xa, xb)))
-    adjusted = holm([row[-1] for row in rows])
-    lines = [f"| claim | row A | row B | measure | A (mean +- sd, n) | B (mean +- sd, n) | drift A / B | Welch p | "
-             f"Holm p (m = {sum(p is not None for p in adjusted)}) | verdict |", "|---" * 10 + "|"]
-    for (a, b, key, claim, lower, xa, xb, p), p_holm in zip(rows, adjusted):
-        ca, cb = convergence(records, a), convergence(records, b)
-        flat = None not in (ca, cb) and ca[2] and cb[2]
-        fmt = "{:.4f}" if key == "outlier_fraction" else "{:.2f}" if key == "digits_fd" else "{:.3f}"
-        lines.append(f"| {claim} | {a} | {b} | {key} | {mean_sd(xa, fmt)} ({len(xa)}) | {mean_sd(xb, fmt)} "
-                     f"({len(xb)}) | {convergence_cell(records, a)} / {convergence_cell(records, b)} "
-                     f"| {'n/a' if p is None else f'{p:.2g}'} | {'n/a' if p_holm is None else f'{p_holm:.2g}'} "
-                     f"| {verdict(xa, xb, p_holm, lower, flat)} |")
-    return lines
+    return study.compare(records, [(a, gan if b == "best_gan" else b, *rest) for a, b, *rest in COMPARISONS],
+                         lambda row: "digits_fd", FORMATS)
+
+
+PANELS = {"main": 0, "tau": 0, "GAN": 0, "course report": 1, "pairing": 1, "outliers": 1, "S-JKO": 2, "NCSN++": 2,
+          "tau sweep": 3}
 
 
 def figures(records, rows, out):
     """samples.png: the last sample grid of each row's first seed; curves.png: digits_fd per save."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
-
-    from uot.plots import save_figure
-
-    shown = [(name, what) for name, _, what, *_ in rows if any(r["row"] == name for r in records)]
-    cols = 5
-    fig, axes = plt.subplots(-(-len(shown) // cols), cols, figsize=(2.6 * cols, 2.9 * -(-len(shown) // cols)),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, (name, what) in zip(axes.flat, shown):
-        first = min((r for r in records if r["row"] == name), key=lambda r: r["seed"])
-        grids = [f for f in os.listdir(os.path.join(out, first["run_dir"])) if f.startswith("samples_")]
-        if grids:
-            last = max(grids, key=lambda f: int(f[len("samples_"):-len(".png")]))
-            ax.imshow(mpimg.imread(os.path.join(out, first["run_dir"], last)), cmap="gray")
-        ax.set_title(f"{name}\nseed {first['seed']}" + (" (diverged)" if first["diverged"] else ""), fontsize=8)
-    save_figure(fig, os.path.join(out, "samples.png"))
-
-    panel = {"main": 0, "tau": 0, "GAN": 0, "course report": 1, "pairing": 1, "outliers": 1, "S-JKO": 2, "NCSN++": 2,
-             "tau sweep": 3}
-    plotted = [(name, group) for name, group, *_ in rows
-               if any(r["row"] == name and not r["diverged"] and r["saves"] for r in records)]
-    used = sorted({panel[group] for _, group in plotted})   # one panel per group of rows that has runs
-    fig, axes = plt.subplots(1, len(used), figsize=(5.3 * len(used), 4.5), squeeze=False)
-    for name, group in plotted:
-        ok = [r for r in records if r["row"] == name and not r["diverged"] and r["saves"]]
-        steps = [s["step"] for s in max(ok, key=lambda r: len(r["saves"]))["saves"]]
-        axes[0, used.index(panel[group])].plot(steps, mean_curve(records, name, "digits_fd"), marker="o", ms=3,
-                                               label=name)
-    for ax in axes.flat:
-        ax.set(xlabel="iteration (S-JKO, continued: after uotm_kl's)", ylabel="digits_fd (mean over seeds)",
-               yscale="log")
-        ax.legend(fontsize=7)
-    save_figure(fig, os.path.join(out, "curves.png"))
+    study.sample_figure(records, [(name, what) for name, _, what, *_ in rows], os.path.join(out, "samples.png"), out)
+    study.curve_figure(records, [(name, PANELS[group]) for name, group, *_ in rows], lambda name: "digits_fd",
+                       os.path.join(out, "curves.png"), "iteration (S-JKO, continued: after uotm_kl's)")
 
 
 def main(argv=None):
@@ -441,18 +288,12 @@ def main(argv=None):
     todo = sorted(((STAGES.get(row[1], 1), seed, i, row) for i, row in enumerate(rows)
                    for seed in range(min(row[4], a.seeds or row[4])) if (row[0], seed) not in done),
                   key=lambda t: t[:3])
-    print(f"{len(done)} runs done, {len(todo)} to run, {a.jobs} at a time", flush=True)
-    start = time.time()
-    futures = {}
-    with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-        for _, seed, _, row in todo:
-            futures[(row[0], seed)] = pool.submit(train_one, row, seed, a.out, futures.get((row[5], seed)))
-        for future in concurrent.futures.as_completed(futures.values()):
-            record = future.result()
-            log.append(record)
-            last = final(record, "digits_fd")
-            print(f"[{time.time() - start:6.0f} s] {record['row']} seed {record['seed']}: exit {record['exit_code']}, "
-                  f"digits_fd {'n/a' if last is None else f'{last:.1f}'}, {record['seconds']:.0f} s", flush=True)
+
+    def start(row, seed):
+        return lambda: study.train_run(row[0], seed, *row_argv(row, seed, a.out), a.out)
+
+    study.run_all([(row[0], seed, start(row, seed), None if row[5] is None else (row[5], seed))
+                   for _, seed, _, row in todo], a.jobs, log, lambda row: "digits_fd")
     table = results_table(records, rows) + "\n\n" + "\n".join(compare(records))
     atomic_write_text(os.path.join(a.out, "results.md"), table + "\n")
     print(table)

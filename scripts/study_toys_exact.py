@@ -16,7 +16,6 @@ midway continues from its checkpoint (--resume auto). Outputs:
                tests/test_exact_uot.py: the spread of exact-against-exact ratios)
 """
 import concurrent.futures
-import importlib.util
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ import time
 import ot
 import torch
 
+from uot.cli import script_module
 from uot.io import RecordLog, atomic_write_text
 from uot.records import chosen_rows, cpu_model, mean_sd, study_parser
 
@@ -52,13 +52,6 @@ ROWS = [
      {"DATASET": "25gaussian", "PHI": "kl"}, "train"),
 ]
 SEEDS = 5
-
-
-def exact_uot_module():
-    spec = importlib.util.spec_from_file_location("exact_uot", os.path.join(ROOT, "scripts", "exact_uot.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def command(row, seed, out, extra=()):
@@ -87,7 +80,7 @@ def run_one(row, seed, out, extra=(), n=1000):
                   python=platform.python_version(), run=os.path.relpath(run, out))
     if code == 0:
         torch.set_num_threads(1)
-        record["exact"] = exact_uot_module().main([run, "--n", str(n), "--seed", "0"])
+        record["exact"] = script_module("exact_uot").main([run, "--n", str(n), "--seed", "0"])
     return record
 
 

@@ -1,0 +1,252 @@
+"""The course report's table on MNIST and the UOTM paper's outlier experiment on Fashion-MNIST
+with 1% MNIST digits, multi-seed, at CPU scale, in one resumable command.
+
+    python -m datasets_prep.fetch mnist fashion_mnist --datadir data     # once
+    python scripts/study_mnist.py --datadir data [--out train_logs/study_mnist] [--jobs 2] [--rows NAME ...]
+    python scripts/study_mnist.py --table assets/study_mnist_runs.jsonl  # the page's tables from the records
+
+Every run trains plain MLPs on the flattened 32 px images (scripts/mnist_mlp.flags: 3 hidden
+layers of 512, batch 128, cosine decay, R1 0.2, EMA 0.999, tau 0.003) for EPOCHS epochs and
+measures 2,000 samples of its evaluated map at every epoch (datasets_prep.measures: mnist_fd or
+fashion_mnist_fd, precision, recall, ...; the run's floor.json holds the same measures of 2,000
+held-out test images). Three stages, one after the other:
+
+  0. tuning, the same budget for every method: the learning rate (both networks) of the GAN,
+     UOTM (kl, kl) and OTM, each at every value of LEARNING_RATES, one seed (TUNING_SEED, not a
+     seed of the later stages). A method's chosen rate is the one whose run ends with the lowest
+     mnist_fd; the later stages read it from the records, and the table names it.
+  1. the course report's rows on MNIST, 5 seeds: the non-saturating GAN, UOTM (kl, kl) with and
+     without EMA, UOTM (softplus, softplus), OTM;
+  2. the UOTM paper's outlier experiment on fashion_mnist+mnist (60,000 Fashion-MNIST images and
+     606 MNIST digits, 1%), 5 seeds: UOTM (kl, kl) against OTM, with UOTM trained on
+     fashion_mnist alone as the control of the digit detector's false positives. The share of
+     N(0, I) draws whose nearest training image is a digit (datasets_prep.measures.
+     nearest_source_share) is recorded with every run of the outlier set: a comparison of
+     outlier shares is fair when it is at most twice the digits' share of the data.
+
+`--jobs` runs at a time with one torch thread each; a finished run is never run again and a run
+killed midway continues from its content.pth (--resume auto). Outputs: runs.jsonl (one record
+per run: row, seed, flags, exit code, seconds, CPU, versions, every save's measures, the run's
+floor), results.md (the tables and comparisons: scripts/study_digits.py's rules of evidence,
+uot/study.py), samples.png (each row's first seed) and curves.png (per save, against the floor).
+"""
+import json
+import os
+import shlex
+
+from uot import study
+from uot.io import RecordLog, atomic_write_text
+from uot.records import chosen_rows, mean_sd, study_parser
+from uot.study import final, mean_curve
+
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(SCRIPTS, "mnist_mlp.flags"), encoding="utf-8") as f:
+    MLP = f.read().strip()
+EPOCHS = 12
+LEARNING_RATES = (1e-3, 4e-4)
+TUNING_SEED = 100
+SEEDS = tuple(range(5))
+METHODS = {"gan": "--loss gan", "uotm": "--phi1 kl --phi2 kl", "otm": "--phi1 linear --phi2 linear"}
+OUTLIER_SET = "fashion_mnist+mnist"
+
+# (name, stage, what, dataset, method whose tuned learning rate the row takes (None: its flags
+# set it), train.py flags after MLP's and the method's, seeds)
+ROWS = [
+    *[(f"tune_{method}_lr{lr:g}", 0, f"tuning: {method} at lr {lr:g}", "mnist", None, f"{METHODS[method]} "
+       f"--lr_g {lr:g} --lr_d {lr:g}", (TUNING_SEED,)) for method in METHODS for lr in LEARNING_RATES],
+    ("gan", 1, "non-saturating GAN (R1 0.2, EMA)", "mnist", "gan", "", SEEDS),
+    ("uotm_kl", 1, "UOTM (kl, kl) (exp), EMA", "mnist", "uotm", "", SEEDS),
+    ("uotm_kl_no_ema", 1, "UOTM (kl, kl) without EMA", "mnist", "uotm", "--no_ema", SEEDS),
+    ("uotm_softplus", 1, "UOTM (softplus, softplus), EMA", "mnist", "uotm", "--phi1 softplus --phi2 softplus", SEEDS),
+    ("otm", 1, "OTM: balanced OT (linear, linear), EMA", "mnist", "otm", "", SEEDS),
+    ("outliers_uotm", 2, "UOTM (kl, kl) on Fashion-MNIST + 1% MNIST", OUTLIER_SET, "uotm", "", SEEDS),
+    ("outliers_otm", 2, "OTM on Fashion-MNIST + 1% MNIST", OUTLIER_SET, "otm", "", SEEDS),
+    ("clean_uotm", 2, "UOTM (kl, kl) on Fashion-MNIST alone: the detector's false positives", "fashion_mnist",
+     "uotm", "", SEEDS),
+]
+FD = {"mnist": "mnist_fd", "fashion_mnist": "fashion_mnist_fd", OUTLIER_SET: "fashion_mnist_fd"}
+FORMATS = {"mnist_fd": "{:.2f}", "fashion_mnist_fd": "{:.2f}", "outlier_fraction": "{:.4f}"}
+ROW = {row[0]: row for row in ROWS}
+
+
+def curve_key(name):
+    return FD[ROW[name][3]]
+
+
+def chosen_lr(records, method):
+    """(the learning rate of `method`'s tuning run that ended with the lowest mnist_fd, its name),
+    or None before its tuning runs have all finished."""
+    tuned = [(final(r, "mnist_fd"), r["row"]) for r in records
+             if r["row"].startswith(f"tune_{method}_lr")]
+    if len(tuned) < len(LEARNING_RATES) or all(v is None for v, _ in tuned):
+        return None
+    _, name = min((v, name) for v, name in tuned if v is not None)
+    return float(name.rsplit("_lr", 1)[1]), name
+
+
+def row_argv(row, seed, out, datadir, records):
+    """train.py's arguments for one run of `row` (the method's learning rate read from the
+    tuning records) and its run directory."""
+    name, _, _, dataset, method, flags, _ = row
+    lr = ""
+    if method is not None:
+        rate, _ = chosen_lr(records, method)
+        lr = f"{METHODS[method]} --lr_g {rate:g} --lr_d {rate:g}"
+    argv = shlex.split(f"{MLP} --dataset {dataset} --num_epoch {EPOCHS} --schedule {EPOCHS} --save_image_every 1 "
+                       f"{lr} {flags}") + [
+        "--datadir", datadir, "--seed", str(seed), "--outdir", os.path.join(out, "runs"), "--device", "cpu",
+        "--save_ckpt_every", "1", "--log_every", "200", "--resume", "auto", "--exp", f"{name}_seed{seed}"]
+    return argv, os.path.join(out, "runs", dataset, f"{name}_seed{seed}")
+
+
+def run_row(row, seed, out, datadir, records, nearest):
+    """One run, recorded with its floor.json and, on the outlier set, the nearest-source share."""
+    argv, run_dir = row_argv(row, seed, out, datadir, records)
+    record = study.train_run(row[0], seed, argv, run_dir, out)
+    floor_path = os.path.join(run_dir, "floor.json")
+    if os.path.exists(floor_path):
+        with open(floor_path, encoding="utf-8") as f:
+            record["floor"] = json.load(f)
+    if row[3] == OUTLIER_SET:
+        record["nearest_source"] = nearest
+    return record
+
+
+def nearest_source(datadir):
+    from datasets_prep import measures
+    share, outliers = measures.nearest_source_share(OUTLIER_SET, datadir)
+    return dict(share=share, outlier_share=outliers, draws=50000, seed=0)
+
+
+KEYS = ("precision", "recall", "accepted_share", "train_distance_ratio", "classes_covered")
+
+
+def results_table(records, stage):
+    """The rows of `stage` that have records: per row, mean +- sd over its seeds of the final
+    measures, the floor at the same n (from the runs' floor.json), the seed-mean curve and the
+    slope rule; a tuning row's line says which rate its method chose."""
+    rows = [row for row in ROWS if row[1] == stage and any(r["row"] == row[0] for r in records)]
+    if not rows:
+        return ""
+    outliers = any(row[3] != "mnist" for row in rows)
+    header = ["row", "what", "n", "fd", *KEYS, *(["outlier_fraction"] if outliers else []), "fd per save (seed mean)",
+              "drift over the last third of saves", "diverged", "lr", "seconds"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for dataset in dict.fromkeys(row[3] for row in rows):
+        floor = next((r["floor"] for r in records if "floor" in r and ROW[r["row"]][3] == dataset), None)
+        if floor is not None:
+            key = FD[dataset]
+            cells = [f"{floor[k][0]:.2f} +- {floor[k][1]:.2f}" for k in (key, *KEYS)]
+            out = [f"{floor['outlier_fraction'][0]:.4f}"] if outliers and "outlier_fraction" in floor else \
+                ["n/a"] if outliers else []
+            lines.append(f"| floor: {dataset} | {floor['n']:,} {floor['sets']} ({key}) | {floor['draws']} | "
+                         + " | ".join(cells + out) + " | n/a" * 5 + " |")
+    for name, _, what, dataset, method, _, _ in rows:
+        runs = [r for r in records if r["row"] == name]
+        key = FD[dataset]
+        cells = [mean_sd([final(r, key) for r in runs], "{:.2f}")] + \
+            [mean_sd([final(r, k) for r in runs], "{:.2f}") for k in KEYS]
+        if outliers:
+            cells.append(mean_sd([final(r, "outlier_fraction") for r in runs], "{:.4f}"))
+        if method is not None:
+            rate = chosen_lr(records, method)
+            lr = "n/a" if rate is None else f"{rate[0]:g} ({method}'s tuning)"
+        else:
+            chosen = chosen_lr(records, name.split("_")[1])
+            lr = f"{name.rsplit('_lr', 1)[1]}" + (" (chosen)" if chosen and chosen[1] == name else "")
+        lines.append(f"| {name} | {what} | {sum(not r['diverged'] for r in runs)} | " + " | ".join(cells) +
+                     f" | {' '.join(f'{v:.1f}' for v in mean_curve(records, name, key))} | "
+                     f"{study.convergence_cell(records, name, key)} | {sum(r['diverged'] for r in runs)}/{len(runs)} | "
+                     f"{lr} | {mean_sd([r['seconds'] for r in runs], '{:.0f}')} |")
+    return "\n".join(lines)
+
+
+# (row A, row B, measure, claim, claim_lower): uot/study.py's compare()
+COMPARISONS = [
+    ("uotm_kl", "gan", "mnist_fd", "course report: the GAN generates better than UOTM (29.78 against 35.6)", False),
+    ("uotm_softplus", "uotm_kl", "mnist_fd", "course report: softplus trains better than exp (kl)", True),
+    ("uotm_kl", "uotm_kl_no_ema", "mnist_fd", "course report: EMA does not help (143 and 136 with it)", None),
+    ("uotm_kl", "otm", "mnist_fd", "UOTM paper: UOT generates better than OT (OTM)", True),
+    ("uotm_kl", "gan", "recall", "UOTM against the GAN: recall", None),
+    ("outliers_uotm", "outliers_otm", "outlier_fraction", "UOTM paper: UOTM generates fewer outliers than OTM", True),
+    ("outliers_uotm", "clean_uotm", "outlier_fraction", "UOTM: digits in its samples against the detector's false "
+     "positives on UOTM trained without digits", None),
+    ("outliers_uotm", "outliers_otm", "fashion_mnist_fd", "UOTM against OTM with outliers in the data", None),
+]
+
+
+def compare(records):
+    return study.compare(records, COMPARISONS, curve_key, FORMATS)
+
+
+def fairness(records):
+    """The line that says whether the outlier comparison is fair (nearest-source share at most
+    twice the digits' share), or '' without records of the outlier set."""
+    near = next((r["nearest_source"] for r in records if "nearest_source" in r), None)
+    if near is None:
+        return ""
+    ratio = near["share"] / near["outlier_share"]
+    return (f"Nearest-source share: {near['share']:.4f} of {near['draws']:,} N(0, I) draws have a digit as their "
+            f"nearest training image, against the digits' {near['outlier_share']:.4f} of the data ({ratio:.2f}x): "
+            + ("fair (at most 2x)." if ratio <= 2 else "NOT fair (above 2x): the outlier comparison has no verdict."))
+
+
+def page(records):
+    parts = [results_table(records, stage) for stage in (0, 1, 2)]
+    return "\n\n".join([p for p in parts if p] + [fairness(records), "\n".join(compare(records))])
+
+
+def figures(records, out):
+    study.sample_figure(records, [(row[0], row[2]) for row in ROWS if row[1] > 0], os.path.join(out, "samples.png"),
+                        out)
+    floors = {}
+    for stage, dataset in ((1, "mnist"), (2, OUTLIER_SET)):
+        floor = next((r["floor"] for r in records if "floor" in r and ROW[r["row"]][3] == dataset), None)
+        if floor is not None:
+            floors[stage] = (f"floor (n = {floor['n']:,})", floor[FD[dataset]][0])
+    study.curve_figure(records, [(row[0], row[1]) for row in ROWS], curve_key, os.path.join(out, "curves.png"),
+                       "iteration", floors)
+
+
+def main(argv=None):
+    p = study_parser(__doc__.splitlines()[0], os.path.join("train_logs", "study_mnist"))
+    p.add_argument("--datadir", default=None, help="the folder of datasets_prep.fetch mnist fashion_mnist")
+    p.add_argument("--seeds", type=int, default=None, help="at most this many seeds per row of stages 1-2")
+    p.add_argument("--table", metavar="RUNS.jsonl", help="print the tables of recorded runs and exit")
+    a = p.parse_args(argv)
+    if a.table:
+        with open(a.table, encoding="utf-8") as f:
+            print(page([json.loads(line) for line in f if line.strip()]))
+        return
+    if not a.datadir:
+        p.error("--datadir: give the folder where `python -m datasets_prep.fetch mnist fashion_mnist --datadir "
+                "DIR` put the data")
+    rows = chosen_rows(p, a.rows, ROWS)
+    os.makedirs(a.out, exist_ok=True)
+    log = RecordLog(os.path.join(a.out, "runs.jsonl"))   # rewritten atomically at every append
+    nearest = None
+    for stage in (0, 1, 2):
+        done = {(r["row"], r["seed"]) for r in log.records}
+        todo = [(seed, row) for i, row in enumerate(rows) if row[1] == stage
+                for seed in row[6][:a.seeds or None] if (row[0], seed) not in done]
+        todo.sort(key=lambda t: t[0])   # seed-major: every row gets its first seeds first
+        missing = {row[4] for _, row in todo if row[4] is not None and chosen_lr(log.records, row[4]) is None}
+        if missing:
+            p.error(f"stage {stage} needs the tuning runs of {', '.join(sorted(missing))} (stage 0): run without --rows")
+        if nearest is None and any(row[3] == OUTLIER_SET for _, row in todo):
+            nearest = nearest_source(a.datadir)
+        records = list(log.records)
+
+        def start(row, seed):
+            return lambda: run_row(row, seed, a.out, a.datadir, records, nearest)
+
+        study.run_all([(row[0], seed, start(row, seed), None) for seed, row in todo], a.jobs, log, curve_key)
+    text = page(log.records)
+    atomic_write_text(os.path.join(a.out, "results.md"), text + "\n")
+    print(text)
+    figures(log.records, a.out)
+    print(f"wrote {os.path.join(a.out, 'results.md')}, samples.png, curves.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""scripts/study_mnist.py: its rows as train.py commands, the tuning rule that picks each
+method's learning rate, its tables and the outlier comparison's fairness line. Its runner is
+uot/study.py's, run for real by tests/test_study.py."""
+import importlib.util
+import os
+import shlex
+
+import pytest
+
+from tiny import ROOT
+
+
+def load_study():
+    spec = importlib.util.spec_from_file_location("study_mnist", os.path.join(ROOT, "scripts", "study_mnist.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(row, seed, fds, key="mnist_fd", diverged=False, **extra):
+    """A record of `row` whose saves (steps 1, 2, ...) end at the last of `fds`."""
+    return dict(row=row, seed=seed, diverged=diverged, exit_code=3 if diverged else 0, seconds=1.0,
+                saves=[] if diverged else [{"step": i + 1, key: v, "precision": 0.5} for i, v in enumerate(fds)],
+                **extra)
+
+
+def tuned(study, finals):
+    """Tuning records: {method: (final at LEARNING_RATES[0], final at [1])}."""
+    return [run(f"tune_{method}_lr{lr:g}", study.TUNING_SEED, [100.0, v])
+            for method, values in finals.items() for lr, v in zip(study.LEARNING_RATES, values)]
+
+
+def test_the_chosen_rate_is_the_lowest_final_and_needs_every_tuning_run(tmp_path):
+    study = load_study()
+    hi, lo = study.LEARNING_RATES
+    records = tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0)})
+    assert study.chosen_lr(records, "gan") == (lo, f"tune_gan_lr{lo:g}")
+    assert study.chosen_lr(records, "uotm") == (hi, f"tune_uotm_lr{hi:g}")
+    assert study.chosen_lr(records, "otm") is None                   # not tuned yet
+    assert study.chosen_lr(records[:1], "gan") is None               # one of its two runs missing
+    diverged = [run(f"tune_otm_lr{hi:g}", 100, [], diverged=True), run(f"tune_otm_lr{lo:g}", 100, [99.0])]
+    assert study.chosen_lr(diverged, "otm") == (lo, f"tune_otm_lr{lo:g}")   # a diverged run is never chosen
+
+
+def test_every_row_is_a_valid_train_py_command_with_its_methods_tuned_rate(tmp_path, capsys):
+    import train
+    study = load_study()
+    hi, lo = study.LEARNING_RATES
+    records = tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0), "otm": (5.0, 6.0)})
+    rate = {"gan": lo, "uotm": hi, "otm": hi}
+    for row in study.ROWS:
+        argv, run_dir = study.row_argv(row, 0, str(tmp_path), "DATA", records)
+        assert run_dir == os.path.join(str(tmp_path), "runs", row[3], f"{row[0]}_seed0")
+        assert train.main(argv + ["--dry_run"]) == 0, row[0]
+        last = {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag.startswith("--")}   # the last wins
+        assert last["--dataset"] == row[3] and last["--num_epoch"] == str(study.EPOCHS)
+        expected = rate[row[4]] if row[4] else float(row[0].rsplit("_lr", 1)[1])
+        assert float(last["--lr_g"]) == float(last["--lr_d"]) == expected, row[0]
+        phi = {"uotm_softplus": "softplus", "gan": None}.get(row[0], "linear" if "otm" in row[0].split("_")[:2]
+                                                             and "uotm" not in row[0] else "kl")
+        if "--loss" in last:
+            assert last["--loss"] == "gan" and row[0] in ("gan", f"tune_gan_lr{hi:g}", f"tune_gan_lr{lo:g}")
+        else:
+            assert last["--phi1"] == last["--phi2"] == phi, row[0]
+        assert ("--no_ema" in argv) == (row[0] == "uotm_kl_no_ema")
+    out = capsys.readouterr().out
+    # one network pair for every row: the MLP of scripts/mnist_mlp.flags
+    assert out.count("mlp: G ") == len(study.ROWS) and len(set(line for line in out.splitlines()
+                                                               if line.startswith("mlp: G "))) == 1
+
+
+def test_a_later_stage_without_its_tuning_runs_is_a_usage_error(tmp_path, capsys):
+    study = load_study()
+    with pytest.raises(SystemExit) as exit_:
+        study.main(["--out", str(tmp_path), "--datadir", str(tmp_path), "--rows", "uotm_kl"])
+    assert exit_.value.code == 2
+    assert "stage 1 needs the tuning runs of uotm (stage 0)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "runs")   # nothing ran
+
+
+def test_the_tables_name_the_chosen_rate_and_stand_beside_the_floor():
+    study = load_study()
+    hi, lo = study.LEARNING_RATES
+    floor = dict(n=2000, draws=10, sets="held-out real images", mnist_fd=[1.7, 0.18],
+                 **{k: [0.9, 0.01] for k in study.KEYS})
+    records = tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0), "otm": (5.0, 6.0)})
+    records += [run("uotm_kl", s, [40.0, 30.0, 20.0, 10.0 + s], floor=floor) for s in range(3)]
+    tuning = study.results_table(records, 0)
+    assert f"| tune_gan_lr{lo:g} | tuning: gan at lr {lo:g} | 1 | 20.00 |" in tuning
+    assert tuning.count("(chosen)") == 3 and f"| {lo:g} (chosen) |" in tuning.split(f"tune_gan_lr{lo:g}")[1]
+    main = study.results_table(records, 1).splitlines()
+    assert main[2].startswith("| floor: mnist | 2,000 held-out real images (mnist_fd) | 10 | 1.70 +- 0.18 |")
+    assert main[3].startswith("| uotm_kl | UOTM (kl, kl) (exp), EMA | 3 | 11.00 +- 1.00 |")
+    assert f"| {hi:g} (uotm's tuning) |" in main[3] and "not converged" in main[3]   # falling by 10 a save
+    assert study.results_table(records, 2) == ""
+
+
+@pytest.mark.parametrize("share, fair", [(0.0, True), (0.019, True), (0.021, False)])
+def test_the_outlier_comparison_is_fair_only_at_most_twice_the_outliers_share(share, fair):
+    study = load_study()
+    near = dict(share=share, outlier_share=0.01, draws=50000, seed=0)
+    line = study.fairness([run("outliers_uotm", 0, [1.0], nearest_source=near)])
+    assert ("fair (at most 2x)" in line) == fair and ("NOT fair" in line) == (not fair)
+    assert study.fairness([run("uotm_kl", 0, [1.0])]) == ""
+
+
+def test_the_flags_file_is_the_mlp_pair_without_a_dataset_or_learning_rate():
+    study = load_study()
+    flags = shlex.split(study.MLP)
+    assert "--model_name" in flags and not {"--dataset", "--lr_g", "--lr_d", "--seed"} & set(flags)
