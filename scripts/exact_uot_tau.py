@@ -20,7 +20,7 @@ import json
 import os
 import time
 
-from uot.cli import script_module
+import exact_uot   # scripts/exact_uot.py: this file's folder is on sys.path when it runs
 from uot.errors import UsageError, exit_on_usage_error
 from uot.io import atomic_write_text
 from uot.plots import save_figure
@@ -175,7 +175,6 @@ def main(argv=None):
     if any(not f > 0 for f in a.factors) or a.n < 2:
         raise UsageError("--factors must be > 0 and --n >= 2")
     start = time.time()
-    exact_uot = script_module("exact_uot")
     runs = [exact_uot.load_run(os.path.abspath(path)) for path in a.runs]
     for run in runs[1:]:
         if not same_problem(runs[0].problem, run.problem):

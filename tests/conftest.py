@@ -10,6 +10,10 @@ import torchvision
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+# scripts/ as well, as when a script runs as a file: the scripts that build on another one
+# (study_toys_exact.py and exact_uot_tau.py on exact_uot.py) import it by name
+if os.path.join(ROOT, "scripts") not in sys.path:
+    sys.path.append(os.path.join(ROOT, "scripts"))
 
 from tiny import INCEPTION_WEIGHTS_NAME  # noqa: E402
 

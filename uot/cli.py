@@ -47,19 +47,3 @@ def check_phi(args, *names):
         except UsageError as err:
             raise UsageError(f"--{name}: {err}") from None
 
-
-def script_module(name):
-    """scripts/<name>.py as a module, loaded once per process (scripts/ is not a package: the
-    scripts run as files, and the ones that build on another script load it here)."""
-    import importlib.util
-    import os
-    import sys
-
-    key = f"uot_script_{name}"
-    if key not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", f"{name}.py")
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
