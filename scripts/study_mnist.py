@@ -6,11 +6,12 @@ with 1% MNIST digits, multi-seed, at CPU scale, in one resumable command.
     python scripts/study_mnist.py --table assets/study_mnist_runs.jsonl  # the page's tables from the records
 
 Every run trains plain MLPs on the flattened 32 px images (scripts/mnist_mlp.flags: 3 hidden
-layers of 512, batch 128, cosine decay, R1 0.2, EMA 0.999, tau 0.003) for EPOCHS epochs and
-measures 2,000 samples of its evaluated map at every epoch (datasets_prep.measures: mnist_fd or
-fashion_mnist_fd, precision, recall, ...; the run's floor.json holds the same measures of 2,000
-held-out test images). Three stages, one after the other:
+layers of 256, batch 128, cosine decay, R1 0.2, EMA 0.999, tau 0.003) for EPOCHS epochs and
+measures 2,000 samples of its evaluated map every SAVE_EVERY epochs (datasets_prep.measures:
+mnist_fd or fashion_mnist_fd, precision, recall, ...; the run's floor.json holds the same
+measures of 2,000 held-out test images). Four stages, one after the other:
 
+ -1. the probes that chose those shared settings, recorded like every run;
   0. tuning, the same budget for every method: the learning rate (both networks) of the GAN,
      UOTM (kl, kl) and OTM, each at every value of LEARNING_RATES, one seed (TUNING_SEED, not a
      seed of the later stages). A method's chosen rate is the one whose run ends with the lowest
@@ -42,7 +43,7 @@ from uot.study import final, mean_curve
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(SCRIPTS, "mnist_mlp.flags"), encoding="utf-8") as f:
     MLP = f.read().strip()
-EPOCHS = 12
+EPOCHS, SAVE_EVERY = 24, 2
 LEARNING_RATES = (1e-3, 4e-4)
 TUNING_SEED = 100
 SEEDS = tuple(range(5))
@@ -50,8 +51,15 @@ METHODS = {"gan": "--loss gan", "uotm": "--phi1 kl --phi2 kl", "otm": "--phi1 li
 OUTLIER_SET = "fashion_mnist+mnist"
 
 # (name, stage, what, dataset, method whose tuned learning rate the row takes (None: its flags
-# set it), train.py flags after MLP's and the method's, seeds)
+# set it), train.py flags after MLP's and the method's (the later of a repeated flag wins), seeds)
+WIDE = "--mlp_width 512 --num_epoch 12 --schedule 12 --save_image_every 1"
 ROWS = [
+    # stage -1, the probes that chose the shared settings (one seed each, TUNING_SEED):
+    # 3 hidden layers of 512 for 12 epochs left UOTM falling (its tuning ran on, here, until the
+    # OTM runs, stopped then); 256 for 24 epochs is as cheap per run
+    *[(f"probe_w512_{method}_lr{lr:g}", -1, f"probe: {method} at lr {lr:g}, width 512, 12 epochs", "mnist", None,
+       f"{METHODS[method]} --lr_g {lr:g} --lr_d {lr:g} {WIDE}", (TUNING_SEED,))
+      for method in ("gan", "uotm") for lr in (1e-3, 4e-4)],
     *[(f"tune_{method}_lr{lr:g}", 0, f"tuning: {method} at lr {lr:g}", "mnist", None, f"{METHODS[method]} "
        f"--lr_g {lr:g} --lr_d {lr:g}", (TUNING_SEED,)) for method in METHODS for lr in LEARNING_RATES],
     ("gan", 1, "non-saturating GAN (R1 0.2, EMA)", "mnist", "gan", "", SEEDS),
@@ -92,10 +100,11 @@ def row_argv(row, seed, out, datadir, records):
     if method is not None:
         rate, _ = chosen_lr(records, method)
         lr = f"{METHODS[method]} --lr_g {rate:g} --lr_d {rate:g}"
-    argv = shlex.split(f"{MLP} --dataset {dataset} --num_epoch {EPOCHS} --schedule {EPOCHS} --save_image_every 1 "
+    argv = shlex.split(f"{MLP} --dataset {dataset} --num_epoch {EPOCHS} --schedule {EPOCHS} "
+                       f"--save_image_every {SAVE_EVERY} --save_ckpt_every {SAVE_EVERY} "
                        f"{lr} {flags}") + [
         "--datadir", datadir, "--seed", str(seed), "--outdir", os.path.join(out, "runs"), "--device", "cpu",
-        "--save_ckpt_every", "1", "--log_every", "200", "--resume", "auto", "--exp", f"{name}_seed{seed}"]
+        "--log_every", "200", "--resume", "auto", "--exp", f"{name}_seed{seed}"]
     return argv, os.path.join(out, "runs", dataset, f"{name}_seed{seed}")
 
 
@@ -192,7 +201,7 @@ def fairness(records):
 
 
 def page(records):
-    parts = [results_table(records, stage) for stage in (0, 1, 2)]
+    parts = [results_table(records, stage) for stage in (-1, 0, 1, 2)]
     return "\n\n".join([p for p in parts if p] + [fairness(records), "\n".join(compare(records))])
 
 
@@ -225,7 +234,7 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     log = RecordLog(os.path.join(a.out, "runs.jsonl"))   # rewritten atomically at every append
     nearest = None
-    for stage in (0, 1, 2):
+    for stage in (-1, 0, 1, 2):
         done = {(r["row"], r["seed"]) for r in log.records}
         todo = [(seed, row) for i, row in enumerate(rows) if row[1] == stage
                 for seed in row[6][:a.seeds or None] if (row[0], seed) not in done]

@@ -171,6 +171,24 @@ def test_a_floor_cached_by_another_recipe_is_not_read(digits_measure, monkeypatc
     assert digits_measure.floor(40, draws=2) == first and len(calls) == 2
 
 
+def test_the_reference_is_computed_once_and_read_back_to_the_last_bit(digits_measure, monkeypatch):
+    """A second measure object (another process of a study) reads the cached reference: the same
+    measures as the object that computed it, without computing the features of the reference;
+    a reference cached under another definition is not read."""
+    images, _ = digits.real_digits()
+    sample = (images[::3] + torch.randn(images[::3].shape, generator=torch.Generator().manual_seed(1)) / 4).clamp(-1, 1)
+    expected = digits_measure.metrics(sample, outliers="shapes")
+
+    def computing(self, ref):
+        raise LookupError("computed, not read")
+
+    monkeypatch.setattr(grey_images.GreyImageMeasure, "_computed_reference", computing)
+    assert digits.measure().metrics(sample, outliers="shapes") == expected
+    monkeypatch.setattr(grey_images, "MEASURES_VERSION", grey_images.MEASURES_VERSION + 1)
+    with pytest.raises(LookupError):
+        digits.measure().metrics(sample)
+
+
 def test_the_measures_command_prints_the_digits_controls_with_their_floor():
     out = subprocess.run([sys.executable, "-m", "datasets_prep.measures", "digits", "--draws", "5000"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout

@@ -53,20 +53,22 @@ def test_every_row_is_a_valid_train_py_command_with_its_methods_tuned_rate(tmp_p
         assert run_dir == os.path.join(str(tmp_path), "runs", row[3], f"{row[0]}_seed0")
         assert train.main(argv + ["--dry_run"]) == 0, row[0]
         last = {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag.startswith("--")}   # the last wins
-        assert last["--dataset"] == row[3] and last["--num_epoch"] == str(study.EPOCHS)
+        probe = row[1] == -1   # the probes that chose the shared settings: width 512 for 12 epochs
+        assert last["--dataset"] == row[3] and last["--num_epoch"] == ("12" if probe else str(study.EPOCHS))
+        assert last["--mlp_width"] == ("512" if probe else "256")
         expected = rate[row[4]] if row[4] else float(row[0].rsplit("_lr", 1)[1])
         assert float(last["--lr_g"]) == float(last["--lr_d"]) == expected, row[0]
-        phi = {"uotm_softplus": "softplus", "gan": None}.get(row[0], "linear" if "otm" in row[0].split("_")[:2]
-                                                             and "uotm" not in row[0] else "kl")
+        phi = "softplus" if row[0] == "uotm_softplus" else "linear" if "otm" in row[0].split("_") else "kl"
         if "--loss" in last:
-            assert last["--loss"] == "gan" and row[0] in ("gan", f"tune_gan_lr{hi:g}", f"tune_gan_lr{lo:g}")
+            assert last["--loss"] == "gan" and (row[0] == "gan" or "_gan_lr" in row[0])
         else:
             assert last["--phi1"] == last["--phi2"] == phi, row[0]
         assert ("--no_ema" in argv) == (row[0] == "uotm_kl_no_ema")
     out = capsys.readouterr().out
-    # one network pair for every row: the MLP of scripts/mnist_mlp.flags
-    assert out.count("mlp: G ") == len(study.ROWS) and len(set(line for line in out.splitlines()
-                                                               if line.startswith("mlp: G "))) == 1
+    # one network pair for every row but the probes: the MLP of scripts/mnist_mlp.flags
+    pairs = [line for line in out.splitlines() if line.startswith("mlp: G ")]
+    assert len(pairs) == len(study.ROWS) and len(set(pairs)) == 2
+    assert pairs.count("mlp: G 0.66M parameters, D 0.39M parameters") == sum(row[1] >= 0 for row in study.ROWS)
 
 
 def test_a_later_stage_without_its_tuning_runs_is_a_usage_error(tmp_path, capsys):

@@ -269,26 +269,49 @@ class GreyImageMeasure:
         """The reference of the measures: the Frechet statistics, the k-NN reference (pixels and
         features), the scales and threshold of the reject, the held-out images' median distance to
         their nearest training image, and the reject's false-reject rate on held-out images that did
-        not set its threshold (one half sets it, the other counts, both ways; errs high)."""
+        not set its threshold (one half sets it, the other counts, both ways; errs high). What is
+        computed from the classifier's features and the distances (a minute on MNIST) is cached
+        like the floors; the pixel views are rebuilt from the data."""
         if self._reference is None:
             data = self.data
             knn = self.knn_reference()
-            ref = dict(fd=statistics(self.features(data.fd_reference)),
-                       knn_pixels=self.as_input(knn).flatten(1), knn_features=self.features(knn),
+            ref = dict(knn_pixels=self.as_input(knn).flatten(1),
                        # memorisation is judged against every training image, not the k-NN subset
                        train_pixels=None if data.knn is None else self.as_input(data.train).flatten(1))
-            ref["knn_radii"] = kth_neighbour_radii(ref["knn_features"].float(), NEIGHBOURS)
-            held_pixels, held_features = self.as_input(data.held_out).flatten(1), self.features(data.held_out)
-            ref["pixel_scale"] = float(nearest_distances(ref["knn_pixels"], held_pixels)[1].median())
-            ref["feature_scale"] = float(nearest_distances(ref["knn_features"], held_features)[1].median())
+            key = recipe_key(data.train, data.held_out, data.fd_reference, knn, str(self.classifier()),
+                             self.recipe.epochs, MEASURES_VERSION)
+            path = cache_path(f"{self.recipe.name}_reference-{key}")
+            with cache_lock(path):
+                if os.path.isfile(path):
+                    cached = torch.load(path, map_location="cpu", weights_only=True)
+                else:
+                    cached = self._computed_reference(ref)
+                    atomic_torch_save(cached, path)
+            ref.update({k: v.item() if v.dim() == 0 else v for k, v in cached.items() if k != "fd"},
+                       fd=tuple(x.numpy() for x in cached["fd"]))
             self._reference = ref
-            nearest, score = self._distances(held_pixels, held_features)
-            halves = score[0::2], score[1::2]
-            ref["false_reject"] = sum(float((b > torch.quantile(a, REJECT_QUANTILE)).float().mean())
-                                      for a, b in (halves, halves[::-1])) / 2
-            ref["threshold"] = float(torch.quantile(score, REJECT_QUANTILE))
-            ref["median_nearest"] = float(nearest.median())
         return self._reference
+
+    def _computed_reference(self, ref):
+        """reference()'s cached part, as tensors: computed from the pixel views in `ref`."""
+        data = self.data
+        ref = dict(ref, fd=statistics(self.features(data.fd_reference)), knn_features=self.features(self.knn_reference()))
+        ref["knn_radii"] = kth_neighbour_radii(ref["knn_features"].float(), NEIGHBOURS)
+        held_pixels, held_features = self.as_input(data.held_out).flatten(1), self.features(data.held_out)
+        ref["pixel_scale"] = float(nearest_distances(ref["knn_pixels"], held_pixels)[1].median())
+        ref["feature_scale"] = float(nearest_distances(ref["knn_features"], held_features)[1].median())
+        self._reference = ref   # _distances reads it
+        nearest, score = self._distances(held_pixels, held_features)
+        self._reference = None
+        halves = score[0::2], score[1::2]
+        ref["false_reject"] = sum(float((b > torch.quantile(a, REJECT_QUANTILE)).float().mean())
+                                  for a, b in (halves, halves[::-1])) / 2
+        ref["threshold"] = float(torch.quantile(score, REJECT_QUANTILE))
+        ref["median_nearest"] = float(nearest.median())
+        return dict(fd=tuple(torch.from_numpy(x) for x in ref["fd"]),
+                    knn_features=ref["knn_features"], knn_radii=ref["knn_radii"],
+                    **{k: torch.tensor(ref[k], dtype=torch.float64)   # python floats, exactly
+                       for k in ("pixel_scale", "feature_scale", "false_reject", "threshold", "median_nearest")})
 
     def _distances(self, pixels, feats):
         """(each image's distance to its nearest training image in pixels, its reject score): the
