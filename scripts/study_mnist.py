@@ -201,8 +201,8 @@ def fairness(records):
 
 
 def page(records):
-    parts = [results_table(records, stage) for stage in (-1, 0, 1, 2)]
-    return "\n\n".join([p for p in parts if p] + [fairness(records), "\n".join(compare(records))])
+    parts = [results_table(records, stage) for stage in (-1, 0, 1, 2)] + [fairness(records)]
+    return "\n\n".join([p for p in parts if p] + ["\n".join(compare(records))])
 
 
 def figures(records, out):

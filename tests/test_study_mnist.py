@@ -110,3 +110,16 @@ def test_the_flags_file_is_the_mlp_pair_without_a_dataset_or_learning_rate():
     study = load_study()
     flags = shlex.split(study.MLP)
     assert "--model_name" in flags and not {"--dataset", "--lr_g", "--lr_d", "--seed"} & set(flags)
+
+
+def test_the_results_page_shows_the_recorded_study_as_the_script_prints_it():
+    """docs/results.md's MNIST study tables are page() of the committed records: no number on the
+    page is typed by hand; every record is a run of a row of the study at one of its seeds."""
+    import json
+    study = load_study()
+    with open(os.path.join(ROOT, "assets", "study_mnist_runs.jsonl"), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    assert records and all(r["seed"] in study.ROW[r["row"]][6] for r in records)
+    assert len({(r["row"], r["seed"]) for r in records}) == len(records)
+    with open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8") as f:
+        assert study.page(records) in f.read()

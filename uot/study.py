@@ -91,7 +91,8 @@ def convergence(records, row, key):
     within the standard error of its mean final value (too small to move a comparison), or when
     the drifts do not differ from 0 (a one-sample t-test over the seeds, p >= 0.05) and their mean
     is within one sd of the seeds' finals (with few seeds a t-test cannot see a large drift).
-    Returns (mean drift relative to the mean final value, p, flat), or None without 4 saves."""
+    Returns (mean drift relative to the mean final value, p, flat), or None without 4 saves; with
+    one seed p is None and the row is not called flat (there is no noise to hold it against)."""
     from scipy.stats import ttest_1samp
 
     runs = [r for r in records if r["row"] == row and not r["diverged"] and len(r["saves"]) >= 4]
@@ -105,7 +106,9 @@ def convergence(records, row, key):
         drifts.append(statistics.linear_regression(x, y).slope * (x[-1] - x[0]))
         ends.append(y[-1])
     drift, end = statistics.mean(drifts), statistics.mean(ends)
-    if len(drifts) < 2 or statistics.stdev(drifts) == 0:
+    if len(drifts) < 2:   # no seed-to-seed noise to hold the drift against
+        return drift / abs(end) if end else 0.0, None, False
+    if statistics.stdev(drifts) == 0:
         p = 1.0 if drift == 0 else 0.0
     else:
         p = float(ttest_1samp(drifts, 0.0).pvalue)
@@ -116,7 +119,11 @@ def convergence(records, row, key):
 
 def convergence_cell(records, row, key):
     c = convergence(records, row, key)
-    return "n/a" if c is None else f"{c[0]:+.1%} (p {c[1]:.2g})" + ("" if c[2] else " not converged")
+    if c is None:
+        return "n/a"
+    if c[1] is None:
+        return f"{c[0]:+.1%} (one seed: no test)"
+    return f"{c[0]:+.1%} (p {c[1]:.2g})" + ("" if c[2] else " not converged")
 
 
 def welch_p(xa, xb):
