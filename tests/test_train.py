@@ -272,7 +272,7 @@ def test_the_digits_measure_does_not_move_the_runs_random_stream(tmp_path, monke
         assert run(config, tmp_path, exp) == 0
         weights.append(load_checkpoint(str(run_dir(tmp_path, "digits", exp) / "content.pth"))["G"])
     cached = sorted(f.split("-")[0] for f in os.listdir(tmp_path / "cache") if not f.endswith(".lock"))
-    assert cached == ["digits_classifier", "digits_floor"]
+    assert cached == ["digits_classifier", "digits_floor", "digits_reference"]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
 
