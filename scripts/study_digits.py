@@ -46,7 +46,7 @@ import statistics
 from uot import study
 from uot.io import RecordLog, atomic_write_text
 from uot.records import chosen_rows, mean_sd, study_parser
-from uot.study import final, finals, mean_curve
+from uot.study import final, finals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
@@ -163,10 +163,6 @@ def convergence(records, row, key="digits_fd"):
     return study.convergence(records, row, key)
 
 
-def convergence_cell(records, row):
-    return study.convergence_cell(records, row, "digits_fd")
-
-
 def digits_floor(n=SAMPLES):
     """(the digits measure's floor at n samples, {measure: (mean, sd)} over sets of n held-out real
     digits; a line that says how those sets were drawn). A Frechet distance and the k-NN radii
@@ -196,11 +192,10 @@ def results_table(records, rows, floor=None):
         if not runs:
             continue
         outliers = mean_sd([final(r, "outlier_fraction") for r in runs], "{:.4f}")
-        lines.append(f"| {name} | {what} | {sum(not r['diverged'] for r in runs)} | " + " | ".join(
+        c = study.row_cells(records, name, "digits_fd", "{:.0f}")
+        lines.append(f"| {name} | {what} | {c['n']} | " + " | ".join(
             mean_sd([final(r, k) for r in runs], fmt[k]) for k in keys) +
-            f" | {outliers} | {' '.join(f'{v:.0f}' for v in mean_curve(records, name, 'digits_fd'))} | "
-            f"{convergence_cell(records, name)} | "
-            f"{sum(r['diverged'] for r in runs)}/{len(runs)} | {mean_sd([r['seconds'] for r in runs], '{:.0f}')} |")
+            f" | {outliers} | {c['curve']} | {c['drift']} | {c['diverged']} | {c['seconds']} |")
     return "\n".join(lines)
 
 

@@ -38,7 +38,7 @@ import shlex
 from uot import study
 from uot.io import RecordLog, atomic_write_text
 from uot.records import chosen_rows, mean_sd, study_parser
-from uot.study import final, mean_curve
+from uot.study import final
 
 SCRIPTS = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(SCRIPTS, "mnist_mlp.flags"), encoding="utf-8") as f:
@@ -163,10 +163,9 @@ def results_table(records, stage):
         else:
             chosen = chosen_lr(records, name.split("_")[1])
             lr = f"{name.rsplit('_lr', 1)[1]}" + (" (chosen)" if chosen and chosen[1] == name else "")
-        lines.append(f"| {name} | {what} | {sum(not r['diverged'] for r in runs)} | " + " | ".join(cells) +
-                     f" | {' '.join(f'{v:.1f}' for v in mean_curve(records, name, key))} | "
-                     f"{study.convergence_cell(records, name, key)} | {sum(r['diverged'] for r in runs)}/{len(runs)} | "
-                     f"{lr} | {mean_sd([r['seconds'] for r in runs], '{:.0f}')} |")
+        c = study.row_cells(records, name, key, "{:.1f}")
+        lines.append(f"| {name} | {what} | {c['n']} | " + " | ".join(cells) +
+                     f" | {c['curve']} | {c['drift']} | {c['diverged']} | {lr} | {c['seconds']} |")
     return "\n".join(lines)
 
 

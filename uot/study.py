@@ -126,6 +126,16 @@ def convergence_cell(records, row, key):
     return f"{c[0]:+.1%} (p {c[1]:.2g})" + ("" if c[2] else " not converged")
 
 
+def row_cells(records, row, key, curve_fmt):
+    """The cells every study table gives a row: n (runs that did not diverge), the seed-mean
+    curve of `key`, the slope rule's cell, diverged/runs and seconds (mean +- sd)."""
+    runs = [r for r in records if r["row"] == row]
+    return dict(n=str(sum(not r["diverged"] for r in runs)),
+                curve=" ".join(curve_fmt.format(v) for v in mean_curve(records, row, key)),
+                drift=convergence_cell(records, row, key), diverged=f"{sum(r['diverged'] for r in runs)}/{len(runs)}",
+                seconds=mean_sd([r["seconds"] for r in runs], "{:.0f}"))
+
+
 def welch_p(xa, xb):
     """Welch's t-test of two rows' finals (None with fewer than 2 runs on a side)."""
     from scipy.stats import ttest_ind

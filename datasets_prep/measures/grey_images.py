@@ -300,9 +300,7 @@ class GreyImageMeasure:
         held_pixels, held_features = self.as_input(data.held_out).flatten(1), self.features(data.held_out)
         ref["pixel_scale"] = float(nearest_distances(ref["knn_pixels"], held_pixels)[1].median())
         ref["feature_scale"] = float(nearest_distances(ref["knn_features"], held_features)[1].median())
-        self._reference = ref   # _distances reads it
-        nearest, score = self._distances(held_pixels, held_features)
-        self._reference = None
+        nearest, score = self._distances(held_pixels, held_features, ref)
         halves = score[0::2], score[1::2]
         ref["false_reject"] = sum(float((b > torch.quantile(a, REJECT_QUANTILE)).float().mean())
                                   for a, b in (halves, halves[::-1])) / 2
@@ -313,13 +311,14 @@ class GreyImageMeasure:
                     **{k: torch.tensor(ref[k], dtype=torch.float64)   # python floats, exactly
                        for k in ("pixel_scale", "feature_scale", "false_reject", "threshold", "median_nearest")})
 
-    def _distances(self, pixels, feats):
+    def _distances(self, pixels, feats, ref=None):
         """(each image's distance to its nearest training image in pixels, its reject score): the
         larger of its k-th nearest k-NN reference image's distances in pixels and in features,
         each over the held-out images' median. Features alone are not enough: how near noise lands
         to the data in them depends on the classifier's training; in pixels noise and inverted
-        images are far from every real image whatever the classifier."""
-        ref = self._reference
+        images are far from every real image whatever the classifier. `ref`: the reference's
+        parts as they are being computed (default: the built reference)."""
+        ref = self._reference if ref is None else ref
         nearest, pixel_kth = nearest_distances(ref["knn_pixels"], pixels)
         if ref["train_pixels"] is not None:
             nearest = nearest_distances(ref["train_pixels"], pixels, k=1)[0]
