@@ -15,7 +15,13 @@ measures of 2,000 held-out test images). Four stages, one after the other:
   0. tuning, the same budget for every method: the learning rate (both networks) of the GAN,
      UOTM (kl, kl) and OTM, each at every value of LEARNING_RATES, one seed (TUNING_SEED, not a
      seed of the later stages). A method's chosen rate is the one whose run ends with the lowest
-     mnist_fd; the later stages read it from the records, and the table names it.
+     mnist_fd; the later stages read it from the records, and the table names it. The divergence
+     rule, the same for every method: when the method's main row (MAIN) diverges on a majority of
+     SEEDS at its chosen rate, the rate is abandoned and every row of the method runs at the
+     next rate of its tuning ranking (its rows keep differing in one thing only); the runs at
+     the abandoned rate stay in the records and tables as rows `<row>_lr<rate>`. A stage is run
+     again while the rule changes a rate, so from scratch a method's rows first run all their
+     seeds at its best rate.
   1. the course report's rows on MNIST, 5 seeds: the non-saturating GAN, UOTM (kl, kl) with and
      without EMA, UOTM (softplus, softplus), OTM;
   2. the UOTM paper's outlier experiment on fashion_mnist+mnist (60,000 Fashion-MNIST images and
@@ -48,6 +54,7 @@ LEARNING_RATES = (1e-3, 4e-4)
 TUNING_SEED = 100
 SEEDS = tuple(range(5))
 METHODS = {"gan": "--loss gan", "uotm": "--phi1 kl --phi2 kl", "otm": "--phi1 linear --phi2 linear"}
+MAIN = {"gan": "gan", "uotm": "uotm_kl", "otm": "otm"}   # the row whose divergences decide a method's rate
 OUTLIER_SET = "fashion_mnist+mnist"
 
 # (name, stage, what, dataset, method whose tuned learning rate the row takes (None: its flags
@@ -77,35 +84,78 @@ FORMATS = {"mnist_fd": "{:.2f}", "fashion_mnist_fd": "{:.2f}", "outlier_fraction
 ROW = {row[0]: row for row in ROWS}
 
 
+def row_of(name):
+    """The row of a name in the tables: a row of ROWS, or `<row>_lr<rate>` (an abandoned rate)."""
+    return ROW[name] if name in ROW else ROW[name.rsplit("_lr", 1)[0]]
+
+
 def curve_key(name):
-    return FD[ROW[name][3]]
+    return FD[row_of(name)[3]]
+
+
+def rate_of(record):
+    """The learning rate a run trained with (the last --lr_g of its flags)."""
+    flags = shlex.split(record["flags"])
+    return float([flags[i + 1] for i, flag in enumerate(flags[:-1]) if flag == "--lr_g"][-1])
+
+
+def tuning_ranking(records, method):
+    """`method`'s tuning rates as [(rate, tuning row)], lowest final mnist_fd first (a diverged
+    tuning run is never ranked), or None before its tuning runs have all finished."""
+    tuned = [(final(r, "mnist_fd"), r["row"]) for r in records if r["row"].startswith(f"tune_{method}_lr")]
+    if len(tuned) < len(LEARNING_RATES) or all(v is None for v, _ in tuned):
+        return None
+    return [(float(name.rsplit("_lr", 1)[1]), name) for v, name in sorted(t for t in tuned if t[0] is not None)]
+
+
+def abandoned(records, method, rate):
+    """The divergence rule: the method's main row diverged on a majority of SEEDS at `rate`."""
+    runs = [r for r in records if r["row"] == MAIN[method] and rate_of(r) == rate]
+    return sum(r["diverged"] for r in runs) > len(SEEDS) // 2
 
 
 def chosen_lr(records, method):
-    """(the learning rate of `method`'s tuning run that ended with the lowest mnist_fd, its name),
-    or None before its tuning runs have all finished."""
-    tuned = [(final(r, "mnist_fd"), r["row"]) for r in records
-             if r["row"].startswith(f"tune_{method}_lr")]
-    if len(tuned) < len(LEARNING_RATES) or all(v is None for v, _ in tuned):
+    """(rate, tuning row) of `method`: the best of its tuning ranking that the divergence rule has
+    not abandoned; None before its tuning runs have all finished, (None, None) when the rule
+    abandoned every rate."""
+    ranking = tuning_ranking(records, method)
+    if ranking is None:
         return None
-    _, name = min((v, name) for v, name in tuned if v is not None)
-    return float(name.rsplit("_lr", 1)[1]), name
+    return next(((rate, name) for rate, name in ranking if not abandoned(records, method, rate)), (None, None))
+
+
+def view(records):
+    """The records as the tables read them: a run of a row at a rate its method no longer uses
+    is a run of the row `<row>_lr<rate>`."""
+    rates = {method: chosen_lr(records, method) for method in METHODS}
+    shown = []
+    for r in records:
+        method = ROW[r["row"]][4]
+        if method is not None and (rates[method] is None or rate_of(r) != rates[method][0]):
+            r = dict(r, row=f"{r['row']}_lr{rate_of(r):g}")
+        shown.append(r)
+    return shown
 
 
 def row_argv(row, seed, out, datadir, records):
     """train.py's arguments for one run of `row` (the method's learning rate read from the
-    tuning records) and its run directory."""
+    records: tuning and the divergence rule) and its run directory (named with the rate when
+    the rule moved the method off its best tuning rate)."""
     name, _, _, dataset, method, flags, _ = row
-    lr = ""
+    lr, exp = "", f"{name}_seed{seed}"
     if method is not None:
         rate, _ = chosen_lr(records, method)
+        if rate is None:
+            raise SystemExit(f"study_mnist: every tuning rate of {method} was abandoned by the divergence rule")
         lr = f"{METHODS[method]} --lr_g {rate:g} --lr_d {rate:g}"
+        if rate != tuning_ranking(records, method)[0][0]:
+            exp = f"{name}_lr{rate:g}_seed{seed}"
     argv = shlex.split(f"{MLP} --dataset {dataset} --num_epoch {EPOCHS} --schedule {EPOCHS} "
                        f"--save_image_every {SAVE_EVERY} --save_ckpt_every {SAVE_EVERY} "
                        f"{lr} {flags}") + [
         "--datadir", datadir, "--seed", str(seed), "--outdir", os.path.join(out, "runs"), "--device", "cpu",
-        "--log_every", "200", "--resume", "auto", "--exp", f"{name}_seed{seed}"]
-    return argv, os.path.join(out, "runs", dataset, f"{name}_seed{seed}")
+        "--log_every", "200", "--resume", "auto", "--exp", exp]
+    return argv, os.path.join(out, "runs", dataset, exp)
 
 
 def run_row(row, seed, out, datadir, records, nearest):
@@ -133,15 +183,19 @@ KEYS = ("precision", "recall", "accepted_share", "train_distance_ratio", "classe
 def results_table(records, stage):
     """The rows of `stage` that have records: per row, mean +- sd over its seeds of the final
     measures, the floor at the same n (from the runs' floor.json), the seed-mean curve and the
-    slope rule; a tuning row's line says which rate its method chose."""
-    rows = [row for row in ROWS if row[1] == stage and any(r["row"] == row[0] for r in records)]
-    if not rows:
+    slope rule; a tuning row's line says which rate its method chose, and a row's runs at a rate
+    the divergence rule abandoned follow it as a row of their own."""
+    shown = view(records)
+    names = [(name, row) for row in ROWS if row[1] == stage
+             for name in [row[0]] + sorted({r["row"] for r in shown if r["row"].startswith(row[0] + "_lr")})
+             if any(r["row"] == name for r in shown)]
+    if not names:
         return ""
-    outliers = any(row[3] != "mnist" for row in rows)
+    outliers = any(row[3] != "mnist" for _, row in names)
     header = ["row", "what", "n", "fd", *KEYS, *(["outlier_fraction"] if outliers else []), "fd per save (seed mean)",
               "drift over the last third of saves", "diverged", "lr", "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for dataset in dict.fromkeys(row[3] for row in rows):
+    for dataset in dict.fromkeys(row[3] for _, row in names):
         floor = next((r["floor"] for r in records if "floor" in r and ROW[r["row"]][3] == dataset), None)
         if floor is not None:
             key = FD[dataset]
@@ -150,20 +204,24 @@ def results_table(records, stage):
                 ["n/a"] if outliers else []
             lines.append(f"| floor: {dataset} | {floor['n']:,} {floor['sets']} ({key}) | {floor['draws']} | "
                          + " | ".join(cells + out) + " | n/a" * 5 + " |")
-    for name, _, what, dataset, method, _, _ in rows:
-        runs = [r for r in records if r["row"] == name]
+    for name, (row_name, _, what, dataset, method, _, _) in names:
+        runs = [r for r in shown if r["row"] == name]
         key = FD[dataset]
         cells = [mean_sd([final(r, key) for r in runs], "{:.2f}")] + \
             [mean_sd([final(r, k) for r in runs], "{:.2f}") for k in KEYS]
         if outliers:
             cells.append(mean_sd([final(r, "outlier_fraction") for r in runs], "{:.4f}"))
-        if method is not None:
+        if name != row_name:
+            what, lr = f"{what}; abandoned by the divergence rule", f"{rate_of(runs[0]):g} (abandoned)"
+        elif method is not None:
             rate = chosen_lr(records, method)
-            lr = "n/a" if rate is None else f"{rate[0]:g} ({method}'s tuning)"
+            lr = "n/a" if rate is None or rate[0] is None else f"{rate[0]:g} ({method}'s tuning)"
         else:
-            chosen = chosen_lr(records, name.split("_")[1])
-            lr = f"{name.rsplit('_lr', 1)[1]}" + (" (chosen)" if chosen and chosen[1] == name else "")
-        c = study.row_cells(records, name, key, "{:.1f}")
+            rate, tuned_method = float(name.rsplit("_lr", 1)[1]), name.split("_")[1]
+            chosen = chosen_lr(records, tuned_method)
+            lr = f"{rate:g}" + (" (chosen)" if chosen and chosen[1] == name else
+                                " (abandoned)" if stage == 0 and abandoned(records, tuned_method, rate) else "")
+        c = study.row_cells(shown, name, key, "{:.1f}")
         lines.append(f"| {name} | {what} | {c['n']} | " + " | ".join(cells) +
                      f" | {c['curve']} | {c['drift']} | {c['diverged']} | {lr} | {c['seconds']} |")
     return "\n".join(lines)
@@ -184,7 +242,7 @@ COMPARISONS = [
 
 
 def compare(records):
-    return study.compare(records, COMPARISONS, curve_key, FORMATS)
+    return study.compare(view(records), COMPARISONS, curve_key, FORMATS)
 
 
 def fairness(records):
@@ -205,6 +263,7 @@ def page(records):
 
 
 def figures(records, out):
+    records = view(records)
     study.sample_figure(records, [(row[0], row[2]) for row in ROWS if row[1] > 0], os.path.join(out, "samples.png"),
                         out)
     floors = {}
@@ -234,21 +293,26 @@ def main(argv=None):
     log = RecordLog(os.path.join(a.out, "runs.jsonl"))   # rewritten atomically at every append
     nearest = None
     for stage in (-1, 0, 1, 2):
-        done = {(r["row"], r["seed"]) for r in log.records}
-        todo = [(seed, row) for i, row in enumerate(rows) if row[1] == stage
-                for seed in row[6][:a.seeds or None] if (row[0], seed) not in done]
-        todo.sort(key=lambda t: t[0])   # seed-major: every row gets its first seeds first
-        missing = {row[4] for _, row in todo if row[4] is not None and chosen_lr(log.records, row[4]) is None}
-        if missing:
-            p.error(f"stage {stage} needs the tuning runs of {', '.join(sorted(missing))} (stage 0): run without --rows")
-        if nearest is None and any(row[3] == OUTLIER_SET for _, row in todo):
-            nearest = nearest_source(a.datadir)
-        records = list(log.records)
+        while True:   # again while the divergence rule moves a method to another rate
+            rates = {method: chosen_lr(log.records, method) for method in METHODS}
+            missing = {row[4] for row in rows if row[1] == stage and row[4] is not None and rates[row[4]] is None}
+            if missing:
+                p.error(f"stage {stage} needs the tuning runs of {', '.join(sorted(missing))} (stage 0): "
+                        "run without --rows")
+            done = {(r["row"], r["seed"]) for r in view(log.records)}
+            todo = [(seed, row) for row in rows if row[1] == stage
+                    for seed in row[6][:a.seeds or None] if (row[0], seed) not in done]
+            todo.sort(key=lambda t: t[0])   # seed-major: every row gets its first seeds first
+            if nearest is None and any(row[3] == OUTLIER_SET for _, row in todo):
+                nearest = nearest_source(a.datadir)
+            records = list(log.records)
 
-        def start(row, seed):
-            return lambda: run_row(row, seed, a.out, a.datadir, records, nearest)
+            def start(row, seed):
+                return lambda: run_row(row, seed, a.out, a.datadir, records, nearest)
 
-        study.run_all([(row[0], seed, start(row, seed), None) for seed, row in todo], a.jobs, log, curve_key)
+            study.run_all([(row[0], seed, start(row, seed), None) for seed, row in todo], a.jobs, log, curve_key)
+            if not todo or {method: chosen_lr(log.records, method) for method in METHODS} == rates:
+                break
     text = page(log.records)
     atomic_write_text(os.path.join(a.out, "results.md"), text + "\n")
     print(text)

@@ -17,16 +17,17 @@ def load_study():
     return module
 
 
-def run(row, seed, fds, key="mnist_fd", diverged=False, **extra):
-    """A record of `row` whose saves (steps 1, 2, ...) end at the last of `fds`."""
+def run(row, seed, fds, key="mnist_fd", diverged=False, lr=1e-3, **extra):
+    """A record of `row` trained at `lr` whose saves (steps 1, 2, ...) end at the last of `fds`."""
     return dict(row=row, seed=seed, diverged=diverged, exit_code=3 if diverged else 0, seconds=1.0,
+                flags=f"--lr_g 0.5 --seed {seed} --lr_g {lr:g} --lr_d {lr:g}",
                 saves=[] if diverged else [{"step": i + 1, key: v, "precision": 0.5} for i, v in enumerate(fds)],
                 **extra)
 
 
 def tuned(study, finals):
     """Tuning records: {method: (final at LEARNING_RATES[0], final at [1])}."""
-    return [run(f"tune_{method}_lr{lr:g}", study.TUNING_SEED, [100.0, v])
+    return [run(f"tune_{method}_lr{lr:g}", study.TUNING_SEED, [100.0, v], lr=lr)
             for method, values in finals.items() for lr, v in zip(study.LEARNING_RATES, values)]
 
 
@@ -40,6 +41,38 @@ def test_the_chosen_rate_is_the_lowest_final_and_needs_every_tuning_run(tmp_path
     assert study.chosen_lr(records[:1], "gan") is None               # one of its two runs missing
     diverged = [run(f"tune_otm_lr{hi:g}", 100, [], diverged=True), run(f"tune_otm_lr{lo:g}", 100, [99.0])]
     assert study.chosen_lr(diverged, "otm") == (lo, f"tune_otm_lr{lo:g}")   # a diverged run is never chosen
+
+
+def test_the_divergence_rule_moves_every_row_of_a_method_to_its_next_rate(tmp_path):
+    """A majority of SEEDS diverged at a method's chosen rate abandons that rate for all of the
+    method's rows (softplus too: the rows keep differing in one thing); the abandoned runs become
+    rows `<row>_lr<rate>` in the tables; the other methods keep their rates."""
+    study = load_study()
+    hi, lo = study.LEARNING_RATES
+    assert len(study.SEEDS) == 5   # a majority: 3 of 5
+    records = tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0), "otm": (5.0, 6.0)})
+    records += [run("uotm_kl", s, [], diverged=True, lr=hi) for s in range(2)] + [run("gan", 0, [1.0], lr=lo)]
+    records += [run("uotm_softplus", s, [30.0, 20.0, 15.0, 9.0], lr=hi) for s in range(2)]
+    assert study.chosen_lr(records, "uotm") == (hi, f"tune_uotm_lr{hi:g}")   # 2 of 5: not yet a majority
+    assert {r["row"] for r in study.view(records)} >= {"uotm_kl", "uotm_softplus"}
+    records.append(run("uotm_kl", 2, [], diverged=True, lr=hi))
+    assert study.chosen_lr(records, "uotm") == (lo, f"tune_uotm_lr{lo:g}")
+    assert study.chosen_lr(records, "gan") == (lo, f"tune_gan_lr{lo:g}")     # the other methods keep theirs
+    for name in ("uotm_kl", "uotm_softplus", "outliers_uotm"):
+        argv, run_dir = study.row_argv(study.ROW[name], 3, str(tmp_path), "DATA", records)
+        assert argv[argv.index("--lr_g") + 1] == f"{lo:g}" and run_dir.endswith(f"{name}_lr{lo:g}_seed3")
+    _, run_dir = study.row_argv(study.ROW["gan"], 3, str(tmp_path), "DATA", records)
+    assert run_dir.endswith("gan_seed3")   # at its best rate: no rate in the name
+    shown = {r["row"] for r in study.view(records)}
+    assert {f"uotm_kl_lr{hi:g}", f"uotm_softplus_lr{hi:g}", "gan"} <= shown and "uotm_kl" not in shown
+    table = study.results_table(records, 1)
+    assert f"| uotm_kl_lr{hi:g} | UOTM (kl, kl) (exp), EMA; abandoned by the divergence rule | 0 |" in table
+    assert f"| 3/3 | {hi:g} (abandoned) |" in table and f"| 0/2 | {hi:g} (abandoned) |" in table
+    assert f"| {hi:g} (abandoned) |" in study.results_table(records, 0)
+    records += [run("uotm_kl", s, [], diverged=True, lr=lo) for s in range(3)]
+    assert study.chosen_lr(records, "uotm") == (None, None)
+    with pytest.raises(SystemExit, match="every tuning rate of uotm was abandoned"):
+        study.row_argv(study.ROW["uotm_kl"], 0, str(tmp_path), "DATA", records)
 
 
 def test_every_row_is_a_valid_train_py_command_with_its_methods_tuned_rate(tmp_path, capsys):
