@@ -5,11 +5,11 @@ with 1% MNIST digits, multi-seed, at CPU scale, in one resumable command.
     python scripts/study_mnist.py --datadir data [--out train_logs/study_mnist] [--jobs 2] [--rows NAME ...]
     python scripts/study_mnist.py --table assets/study_mnist_runs.jsonl  # the page's tables from the records
 
-Every run trains plain MLPs on the flattened 32 px images (scripts/mnist_mlp.flags: 3 hidden
-layers of 256, batch 128, cosine decay, R1 0.2, EMA 0.999, tau 0.003) for EPOCHS epochs and
-measures 2,000 samples of its evaluated map every SAVE_EVERY epochs (datasets_prep.measures:
+Every run but stage 3's trains plain MLPs on the flattened 32 px images (scripts/mnist_mlp.flags:
+3 hidden layers of 256, batch 128, cosine decay, R1 0.2, EMA 0.999, tau 0.003) for EPOCHS epochs
+and measures 2,000 samples of its evaluated map every SAVE_EVERY epochs (datasets_prep.measures:
 mnist_fd or fashion_mnist_fd, precision, recall, ...; the run's floor.json holds the same
-measures of 2,000 held-out test images). Four stages, one after the other:
+measures of 2,000 held-out test images). Five stages, one after the other:
 
  -1. the probes that chose those shared settings, recorded like every run;
   0. tuning, the same budget for every method: the learning rate (both networks) of the GAN,
@@ -30,6 +30,8 @@ measures of 2,000 held-out test images). Four stages, one after the other:
      N(0, I) draws whose nearest training image is a digit (datasets_prep.measures.
      nearest_source_share) is recorded with every run of the outlier set: a comparison of
      outlier shares is fair when it is at most twice the digits' share of the data.
+  3. the papers' network: UOTM (kl, kl) with NCSN++ (NCSNPP: the public `--dataset mnist`
+     network, reduced by measurement to fit 2 hours of one core), one seed, at UOTM's rate.
 
 `--jobs` runs at a time with one torch thread each; a finished run is never run again and a run
 killed midway continues from its content.pth (--resume auto). Outputs: runs.jsonl (one record
@@ -57,6 +59,15 @@ METHODS = {"gan": "--loss gan", "uotm": "--phi1 kl --phi2 kl", "otm": "--phi1 li
 MAIN = {"gan": "gan", "uotm": "uotm_kl", "otm": "otm"}   # the row whose divergences decide a method's rate
 OUTLIER_SET = "fashion_mnist+mnist"
 
+# stage 3: NCSN++ as the public `--dataset mnist` builds it (32 px, one channel, its residual
+# potential), reduced to fit 2 hours of one core: 16 channels instead of 64 (ch_mult 1 2 2, one
+# res block, attention at 8 px) and a potential of ngf 8; 1.45 s an iteration at batch 64 on one
+# core (docs/performance.md), so 4 epochs of 937 iterations, a save each
+NCSNPP_EPOCHS = 4
+NCSNPP = ("--model_name ncsnpp --image_size 32 --num_channels_dae 16 --ch_mult 1 2 2 --num_res_blocks 1 "
+          "--attn_resolutions 8 --ngf 8 --n_mlp 2 --z_emb_dim 64 --batch_size 64 "
+          f"--num_epoch {NCSNPP_EPOCHS} --schedule {NCSNPP_EPOCHS} --save_image_every 1 --save_ckpt_every 1")
+
 # (name, stage, what, dataset, method whose tuned learning rate the row takes (None: its flags
 # set it), train.py flags after MLP's and the method's (the later of a repeated flag wins), seeds)
 WIDE = "--mlp_width 512 --num_epoch 12 --schedule 12 --save_image_every 1"
@@ -78,6 +89,9 @@ ROWS = [
     ("outliers_otm", 2, "OTM on Fashion-MNIST + 1% MNIST", OUTLIER_SET, "otm", "", SEEDS),
     ("clean_uotm", 2, "UOTM (kl, kl) on Fashion-MNIST alone: the detector's false positives", "fashion_mnist",
      "uotm", "", SEEDS),
+    # stage 3, the papers' network at CPU scale: NCSN++ map and potential (see NCSNPP), UOTM's rate
+    ("ncsnpp_uotm", 3, "UOTM (kl, kl), NCSN++ reduced (G 0.42M, D 0.19M), batch 64, "
+     f"{NCSNPP_EPOCHS} epochs", "mnist", "uotm", NCSNPP, (0,)),
 ]
 FD = {"mnist": "mnist_fd", "fashion_mnist": "fashion_mnist_fd", OUTLIER_SET: "fashion_mnist_fd"}
 FORMATS = {"mnist_fd": "{:.2f}", "fashion_mnist_fd": "{:.2f}", "outlier_fraction": "{:.4f}"}
@@ -258,7 +272,7 @@ def fairness(records):
 
 
 def page(records):
-    parts = [results_table(records, stage) for stage in (-1, 0, 1, 2)] + [fairness(records)]
+    parts = [results_table(records, stage) for stage in (-1, 0, 1, 2, 3)] + [fairness(records)]
     return "\n\n".join([p for p in parts if p] + ["\n".join(compare(records))])
 
 
@@ -267,7 +281,7 @@ def figures(records, out):
     study.sample_figure(records, [(row[0], row[2]) for row in ROWS if row[1] > 0], os.path.join(out, "samples.png"),
                         out)
     floors = {}
-    for stage, dataset in ((1, "mnist"), (2, OUTLIER_SET)):
+    for stage, dataset in ((1, "mnist"), (2, OUTLIER_SET), (3, "mnist")):
         floor = next((r["floor"] for r in records if "floor" in r and ROW[r["row"]][3] == dataset), None)
         if floor is not None:
             floors[stage] = (f"floor (n = {floor['n']:,})", floor[FD[dataset]][0])
@@ -292,7 +306,7 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     log = RecordLog(os.path.join(a.out, "runs.jsonl"))   # rewritten atomically at every append
     nearest = None
-    for stage in (-1, 0, 1, 2):
+    for stage in (-1, 0, 1, 2, 3):
         while True:   # again while the divergence rule moves a method to another rate
             rates = {method: chosen_lr(log.records, method) for method in METHODS}
             missing = {row[4] for row in rows if row[1] == stage and row[4] is not None and rates[row[4]] is None}
