@@ -158,6 +158,45 @@ def test_the_results_page_shows_the_recorded_study_as_the_script_prints_it():
     with open(os.path.join(ROOT, "assets", "study_mnist_runs.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     assert records and all(r["seed"] in study.ROW[r["row"]][6] for r in records)
-    assert len({(r["row"], r["seed"]) for r in records}) == len(records)
+    assert len({(r["row"], r["seed"]) for r in study.view(records)}) == len(records)   # one run per row and seed
     with open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8") as f:
         assert study.page(records) in f.read()
+
+
+def test_a_stage_runs_again_at_the_next_rate_when_the_rule_abandons_one(tmp_path, monkeypatch):
+    """The command itself, its runs replaced by records (uot/study.py's runner is run for real by
+    tests/test_study.py): every kl run at the best rate diverges, so after stage 1's first pass
+    the rule moves UOTM's rows to the next rate and the stage runs again, once; a second
+    invocation runs nothing."""
+    import json
+    from uot import study as runner
+    study = load_study()
+    hi, lo = study.LEARNING_RATES
+    with open(tmp_path / "runs.jsonl", "w") as f:
+        for r in tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0), "otm": (5.0, 6.0)}):
+            f.write(json.dumps(r) + "\n")
+    calls = []
+
+    def fake_run(name, seed, argv, run_dir, out):
+        lr = float(argv[len(argv) - 1 - argv[::-1].index("--lr_g") + 1])
+        calls.append((name, seed, lr, os.path.basename(run_dir)))
+        diverged = "--phi1" in argv and argv[len(argv) - 1 - argv[::-1].index("--phi1") + 1] == "kl" and lr == hi
+        return run(name, seed, [50.0, 40.0, 30.0, 20.0 + seed], diverged=diverged, lr=lr, run_dir=run_dir)
+
+    monkeypatch.setattr(runner, "train_run", fake_run)
+    monkeypatch.setattr(study, "figures", lambda records, out: None)
+    rows = ["uotm_kl", "uotm_softplus", "gan"]
+    args = ["--out", str(tmp_path), "--datadir", str(tmp_path), "--rows", *rows, "--seeds", "3", "--jobs", "1"]
+    study.main(args)
+    first = [(name, seed, lr) for name, seed, lr, _ in calls]
+    assert first[:9] == [(name, seed, lr) for seed in range(3) for name, lr in
+                         (("gan", lo), ("uotm_kl", hi), ("uotm_softplus", hi))]   # the first pass, seed-major
+    assert sorted(first[9:]) == sorted((name, seed, lo) for seed in range(3) for name in ("uotm_kl", "uotm_softplus"))
+    assert {d for name, _, lr, d in calls if lr == lo and name != "gan"} == \
+        {f"{name}_lr{lo:g}_seed{seed}" for seed in range(3) for name in ("uotm_kl", "uotm_softplus")}
+    page = (tmp_path / "results.md").read_text()
+    assert f"| uotm_kl_lr{hi:g} |" in page and f"| 3/3 | {hi:g} (abandoned) |" in page
+    assert "| uotm_kl | UOTM (kl, kl) (exp), EMA | 3 | 21.00 +- 1.00 |" in page
+    calls.clear()
+    study.main(args)
+    assert calls == []
