@@ -282,7 +282,7 @@ def figures(records, out):
                         out)
     floors = {}
     for stage, dataset in ((1, "mnist"), (2, OUTLIER_SET), (3, "mnist")):
-        floor = next((r["floor"] for r in records if "floor" in r and ROW[r["row"]][3] == dataset), None)
+        floor = next((r["floor"] for r in records if "floor" in r and row_of(r["row"])[3] == dataset), None)
         if floor is not None:
             floors[stage] = (f"floor (n = {floor['n']:,})", floor[FD[dataset]][0])
     study.curve_figure(records, [(row[0], row[1]) for row in ROWS], curve_key, os.path.join(out, "curves.png"),
