@@ -96,6 +96,7 @@ ROWS = [
 FD = {"mnist": "mnist_fd", "fashion_mnist": "fashion_mnist_fd", OUTLIER_SET: "fashion_mnist_fd"}
 FORMATS = {"mnist_fd": "{:.2f}", "fashion_mnist_fd": "{:.2f}", "outlier_fraction": "{:.4f}"}
 ROW = {row[0]: row for row in ROWS}
+STAGES = sorted({row[1] for row in ROWS})
 
 
 def row_of(name):
@@ -105,6 +106,11 @@ def row_of(name):
 
 def curve_key(name):
     return FD[row_of(name)[3]]
+
+
+def floor_of(records, dataset):
+    """The floor.json of the first run on `dataset` that has one (every run on it holds the same)."""
+    return next((r["floor"] for r in records if "floor" in r and row_of(r["row"])[3] == dataset), None)
 
 
 def rate_of(record):
@@ -210,7 +216,7 @@ def results_table(records, stage):
               "drift over the last third of saves", "diverged", "lr", "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for dataset in dict.fromkeys(row[3] for _, row in names):
-        floor = next((r["floor"] for r in records if "floor" in r and ROW[r["row"]][3] == dataset), None)
+        floor = floor_of(records, dataset)
         if floor is not None:
             key = FD[dataset]
             cells = [f"{floor[k][0]:.2f} +- {floor[k][1]:.2f}" for k in (key, *KEYS)]
@@ -272,7 +278,7 @@ def fairness(records):
 
 
 def page(records):
-    parts = [results_table(records, stage) for stage in (-1, 0, 1, 2, 3)] + [fairness(records)]
+    parts = [results_table(records, stage) for stage in STAGES] + [fairness(records)]
     return "\n\n".join([p for p in parts if p] + ["\n".join(compare(records))])
 
 
@@ -282,7 +288,7 @@ def figures(records, out):
                         out)
     floors = {}
     for stage, dataset in ((1, "mnist"), (2, OUTLIER_SET), (3, "mnist")):
-        floor = next((r["floor"] for r in records if "floor" in r and row_of(r["row"])[3] == dataset), None)
+        floor = floor_of(records, dataset)
         if floor is not None:
             floors[stage] = (f"floor (n = {floor['n']:,})", floor[FD[dataset]][0])
     study.curve_figure(records, [(row[0], row[1]) for row in ROWS], curve_key, os.path.join(out, "curves.png"),
@@ -306,7 +312,7 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     log = RecordLog(os.path.join(a.out, "runs.jsonl"))   # rewritten atomically at every append
     nearest = None
-    for stage in (-1, 0, 1, 2, 3):
+    for stage in STAGES:
         while True:   # again while the divergence rule moves a method to another rate
             rates = {method: chosen_lr(log.records, method) for method in METHODS}
             missing = {row[4] for row in rows if row[1] == stage and row[4] is not None and rates[row[4]] is None}

@@ -178,9 +178,10 @@ def test_a_stage_runs_again_at_the_next_rate_when_the_rule_abandons_one(tmp_path
     calls = []
 
     def fake_run(name, seed, argv, run_dir, out):
-        lr = float(argv[len(argv) - 1 - argv[::-1].index("--lr_g") + 1])
+        lr = study.rate_of({"flags": shlex.join(argv)})
         calls.append((name, seed, lr, os.path.basename(run_dir)))
-        diverged = "--phi1" in argv and argv[len(argv) - 1 - argv[::-1].index("--phi1") + 1] == "kl" and lr == hi
+        last = {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag.startswith("--")}   # the last wins
+        diverged = last.get("--phi1") == "kl" and lr == hi
         os.makedirs(run_dir)   # empty: the sample figure shows no grid for it
         return run(name, seed, [50.0, 40.0, 30.0, 20.0 + seed], diverged=diverged, lr=lr,
                    run_dir=os.path.relpath(run_dir, out), floor=floor)
