@@ -261,6 +261,46 @@ COMPARISONS = [
 ]
 
 
+# the course report's table (Inception FID on MNIST, its own networks) and the row of this study
+# that runs its configuration: its "UOT baseline" is the Psi* that is not exp (softplus, by
+# elimination: the report names softplus and exp) and its exp rows without "EMA" train without it
+COURSE_REPORT = [("GAN baseline", "n/a", 29.78, "gan"),
+                 ("UOT baseline", "60", 35.6, "uotm_softplus"),
+                 ("UOT baseline", "100", 46.8, "uotm_softplus"),
+                 ("UOT + Psi* = exp", "100", 37.1, "uotm_kl_no_ema"),
+                 ("UOT + Psi* = exp + EMA", "50", 143, "uotm_kl"),
+                 ("UOT + Psi* = exp + EMA", "90", 136, "uotm_kl")]
+
+
+def at_epoch(record, key, epoch):
+    """The measure at the save of `epoch` of a run that reached it without diverging."""
+    index = epoch // SAVE_EVERY - 1
+    if record["diverged"] or len(record["saves"]) <= index:
+        return None
+    return record["saves"][index][key]
+
+
+def course_report_table(records):
+    """The course report's rows beside this study's runs of the same configuration: mnist_fd,
+    mean +- sd over the seeds, at half of the training and at its end, and the floor at the
+    same n. Scales differ (Inception FID, other networks): the orderings are compared."""
+    shown, floor = view(records), floor_of(records, "mnist")
+    if floor is None:
+        return ""
+    half = EPOCHS // 2
+    lines = [f"| course report: row | its epochs | its FID | this study: row | mnist_fd at epoch {half} | "
+             f"mnist_fd at epoch {EPOCHS} | floor (n = {floor['n']:,}) |", "|---" * 7 + "|"]
+    for name, epochs, fid, row in COURSE_REPORT:
+        runs = [r for r in shown if r["row"] == row]
+        cells = []
+        for e in (half, EPOCHS):
+            values = [v for r in runs if (v := at_epoch(r, "mnist_fd", e)) is not None]
+            cells.append(f"{mean_sd(values, '{:.2f}')} ({len(values)})")
+        lines.append(f"| {name} | {epochs} | {fid} | {row} | " + " | ".join(cells)
+                     + f" | {floor['mnist_fd'][0]:.2f} +- {floor['mnist_fd'][1]:.2f} |")
+    return "\n".join(lines)
+
+
 def compare(records):
     return study.compare(view(records), COMPARISONS, curve_key, FORMATS)
 
@@ -278,7 +318,7 @@ def fairness(records):
 
 
 def page(records):
-    parts = [results_table(records, stage) for stage in STAGES] + [fairness(records)]
+    parts = [results_table(records, stage) for stage in STAGES] + [course_report_table(records), fairness(records)]
     return "\n\n".join([p for p in parts if p] + ["\n".join(compare(records))])
 
 

@@ -171,6 +171,7 @@ def within_floor(line):
     return line["learned"]["w1_to_exact"] <= K * line["floor"]["w1_exact_to_exact"]
 
 
+@pytest.mark.slow
 def test_the_learned_map_is_its_exact_solution_within_the_sampling_floor(toy_run):
     line = exact_uot.main([toy_run, "--n", str(N)])
     assert line["trainer"] == "train_toy.py" and line["cost_scale"] == 0.25 and line["epoch"] == 120

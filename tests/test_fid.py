@@ -334,6 +334,7 @@ def test_script_without_inception_weights_exits_with_code_2(run, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and WEIGHTS_NAME in lines[0]
 
 
+@pytest.mark.slow
 def test_script_end_to_end(run, torch_home, tmp_path, monkeypatch, capsys):
     common = ["--device", "cpu", "--num_workers", "0", "--batch_size", "3"]
     stats_dir = tmp_path / "stats"

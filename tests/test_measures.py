@@ -214,11 +214,13 @@ def real_measures(real_data):
     return {name: measures.measure(name, real_data) for name in ("mnist", "fashion_mnist")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, accuracy", [("mnist", 0.99), ("fashion_mnist", 0.90)])
 def test_real_the_classifiers_reach_their_accuracy(real_measures, name, accuracy):
     assert real_measures[name].held_out_accuracy() >= accuracy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_real_the_controls_rank_as_they_must(real_measures, name):
     measure = real_measures[name]
@@ -227,6 +229,7 @@ def test_real_the_controls_rank_as_they_must(real_measures, name):
                    classes_seen=(10, 5) if name == "mnist" else (7, 7))
 
 
+@pytest.mark.slow
 def test_real_the_digit_detector_finds_mnist_digits_among_fashion_images(real_measures, real_data):
     rates = mnist.digit_detector_rates(real_measures["fashion_mnist"], real_data)
     # 10,000 test images each: 0.99 / 0.01 sit more than 10 binomial sd from the measured rates
@@ -241,6 +244,7 @@ def test_real_the_mnist_outliers_of_fashion_mnist_are_a_fair_set(real_data):
     assert outliers == pytest.approx(600 / 60600) and share <= 2 * outliers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "fashion_mnist+mnist"])
 def test_real_a_short_run_measures_itself_against_its_floor_at_the_same_n(dataset, real_data, tmp_path):
     """train.py on the real data: one epoch of a tiny MLP pair, a save that measures 200 samples and writes

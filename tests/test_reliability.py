@@ -469,6 +469,7 @@ def assert_no_half_written_file(run_dir):
     assert stats_steps(run_dir) == list(range(1, len(stats_steps(run_dir)) + 1))
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_rank_mid_save_and_mid_run_stops_the_survivor_and_resume_auto_is_bit_exact(tmp_path):
     code, _, err = torchrun_pair(tmp_path, "straight", "straight.txt")
     assert code == 0, err[-3000:]

@@ -38,6 +38,7 @@ def test_every_row_of_the_study_is_a_valid_train_py_command(tmp_path, capsys):
 TINY_MLP = "--dataset digits_train --model_name mlp --mlp_width 16 --mlp_depth 1 --nz 2 --batch_size 256 --log_every 1"
 
 
+@pytest.mark.slow
 def test_the_study_runs_its_stages_then_continues_without_rerunning_anything(tmp_path, monkeypatch):
     """A tiny grid in the study's runner: a UOTM row, an S-JKO row started from its runs (stage
     2), two seeds; a second invocation runs only what the first did not."""

@@ -135,6 +135,27 @@ def test_the_tables_name_the_chosen_rate_and_stand_beside_the_floor():
     assert study.results_table(records, 2) == ""
 
 
+def test_the_course_reports_rows_stand_beside_the_same_configuration_at_half_and_full_length():
+    """Each of the report's rows beside the study's row of its configuration: mnist_fd at the save
+    of half the epochs and at the last, mean +- sd over the runs that reached it (a diverged run
+    counts in neither), and the floor at the same n."""
+    study = load_study()
+    floor = dict(n=2000, draws=10, sets="held-out real images", mnist_fd=[1.7, 0.18],
+                 **{k: [0.9, 0.01] for k in study.KEYS})
+    saves = study.EPOCHS // study.SAVE_EVERY
+    records = tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0), "otm": (5.0, 6.0)})
+    records += [run("uotm_softplus", s, [100.0 - i - 10 * s for i in range(saves)], floor=floor) for s in range(2)]
+    records.append(run("uotm_softplus", 2, [], diverged=True))
+    lines = study.course_report_table(records).splitlines()
+    assert lines[0].startswith(f"| course report: row | its epochs | its FID | this study: row | mnist_fd at epoch "
+                               f"{study.EPOCHS // 2} | mnist_fd at epoch {study.EPOCHS} | floor (n = 2,000) |")
+    half = 100.0 - (saves // 2 - 1)   # the save of epoch EPOCHS / 2, seed 0; seed 1 is 10 lower
+    assert lines[3] == (f"| UOT baseline | 60 | 35.6 | uotm_softplus | {half - 5:.2f} +- 7.07 (2) | "
+                        f"{100.0 - (saves - 1) - 5:.2f} +- 7.07 (2) | 1.70 +- 0.18 |")
+    assert lines[2] == "| GAN baseline | n/a | 29.78 | gan | n/a (0) | n/a (0) | 1.70 +- 0.18 |"
+    assert study.course_report_table(tuned(study, {"gan": (30.0, 20.0)})) == ""   # no floor: no table
+
+
 @pytest.mark.parametrize("share, fair", [(0.0, True), (0.019, True), (0.021, False)])
 def test_the_outlier_comparison_is_fair_only_at_most_twice_the_outliers_share(share, fair):
     study = load_study()

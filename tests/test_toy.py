@@ -333,6 +333,7 @@ def test_a_stop_signal_ends_the_epoch_saves_and_the_resumed_run_equals_an_uninte
     assert [h["epoch"] for h in history] == [3, 5]   # no save twice, none lost
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
     epochs = 40   # 0.03 to 0.1 s each with its checkpoint: the kill lands before the end on a fast machine too
     # a checkpoint every epoch (RUN) is what the kill is aimed at; samples and plots at epochs 20

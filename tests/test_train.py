@@ -145,6 +145,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert all(r["rank_param_spread"] == 0.0 for r in stats)
 
 
+@pytest.mark.slow
 def test_torchrun_resume_equals_an_uninterrupted_run(tmp_path):
     """Two processes: one epoch, then --resume to the second, ends with the weights of a run of
     two epochs straight (rank 1 once crashed in set_rng_state on resume)."""
