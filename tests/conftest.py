@@ -31,15 +31,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items):
-    """The tests marked slow (a minute or more of one core each) run first: pytest-xdist hands
-    out tests in collection order, and a long test that starts last keeps one worker busy while
-    the other idles (longest first is the classic remedy). The real-data tests first of all,
-    the classifiers' trainings at the head, so that the two workers train MNIST's and
-    Fashion-MNIST's at the same time instead of one waiting on the other's cache lock."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable: file order kept within
-
-
 @pytest.fixture(scope="session", autouse=True)
 def uotm_cache(tmp_path_factory):
     """The measures' classifiers and floors (datasets_prep.measures) are trained and cached once
