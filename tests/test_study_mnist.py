@@ -25,6 +25,12 @@ def run(row, seed, fds, key="mnist_fd", diverged=False, lr=1e-3, **extra):
                 **extra)
 
 
+def mnist_floor(study):
+    """A floor.json of 2,000 held-out MNIST images as train.py writes it."""
+    return dict(n=2000, draws=10, sets="held-out real images", mnist_fd=[1.7, 0.18],
+                **{k: [0.9, 0.01] for k in study.KEYS})
+
+
 def tuned(study, finals):
     """Tuning records: {method: (final at LEARNING_RATES[0], final at [1])}."""
     return [run(f"tune_{method}_lr{lr:g}", study.TUNING_SEED, [100.0, v], lr=lr)
@@ -121,8 +127,7 @@ def test_a_later_stage_without_its_tuning_runs_is_a_usage_error(tmp_path, capsys
 def test_the_tables_name_the_chosen_rate_and_stand_beside_the_floor():
     study = load_study()
     hi, lo = study.LEARNING_RATES
-    floor = dict(n=2000, draws=10, sets="held-out real images", mnist_fd=[1.7, 0.18],
-                 **{k: [0.9, 0.01] for k in study.KEYS})
+    floor = mnist_floor(study)
     records = tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0), "otm": (5.0, 6.0)})
     records += [run("uotm_kl", s, [40.0, 30.0, 20.0, 10.0 + s], floor=floor) for s in range(3)]
     tuning = study.results_table(records, 0)
@@ -140,8 +145,7 @@ def test_the_course_reports_rows_stand_beside_the_same_configuration_at_half_and
     of half the epochs and at the last, mean +- sd over the runs that reached it (a diverged run
     counts in neither), and the floor at the same n."""
     study = load_study()
-    floor = dict(n=2000, draws=10, sets="held-out real images", mnist_fd=[1.7, 0.18],
-                 **{k: [0.9, 0.01] for k in study.KEYS})
+    floor = mnist_floor(study)
     saves = study.EPOCHS // study.SAVE_EVERY
     records = tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0), "otm": (5.0, 6.0)})
     records += [run("uotm_softplus", s, [100.0 - i - 10 * s for i in range(saves)], floor=floor) for s in range(2)]
@@ -207,8 +211,7 @@ def test_a_stage_runs_again_at_the_next_rate_when_the_rule_abandons_one(tmp_path
         return run(name, seed, [50.0, 40.0, 30.0, 20.0 + seed], diverged=diverged, lr=lr,
                    run_dir=os.path.relpath(run_dir, out), floor=floor)
 
-    floor = dict(n=2000, draws=10, sets="held-out real images", mnist_fd=[1.7, 0.18],
-                 **{k: [0.9, 0.01] for k in study.KEYS})
+    floor = mnist_floor(study)
     monkeypatch.setattr(runner, "train_run", fake_run)
     rows = ["uotm_kl", "uotm_softplus", "gan"]
     args = ["--out", str(tmp_path), "--datadir", str(tmp_path), "--rows", *rows, "--seeds", "3", "--jobs", "1"]
