@@ -9,7 +9,7 @@ Every run but stage 3's trains plain MLPs on the flattened 32 px images (scripts
 3 hidden layers of 256, batch 128, cosine decay, R1 0.2, EMA 0.999, tau 0.003) for EPOCHS epochs
 and measures 2,000 samples of its evaluated map every SAVE_EVERY epochs (datasets_prep.measures:
 mnist_fd or fashion_mnist_fd, precision, recall, ...; the run's floor.json holds the same
-measures of 2,000 held-out test images). Five stages, one after the other:
+measures of 2,000 held-out test images). Six stages, one after the other:
 
  -1. the probes that chose those shared settings, recorded like every run;
   0. tuning, the same budget for every method: the learning rate (both networks) of the GAN,
@@ -32,6 +32,21 @@ measures of 2,000 held-out test images). Five stages, one after the other:
      outlier shares is fair when it is at most twice the digits' share of the data.
   3. the papers' network: UOTM (kl, kl) with NCSN++ (NCSNPP: the public `--dataset mnist`
      network, reduced by measurement to fit 2 hours of one core), one seed, at UOTM's rate.
+  4. the outlier experiment again, on new seeds (CONFIRM_SEEDS), for the best-save rule. Declared
+     on 2026-12-03 after stages 1-2 were seen (OTM's curves turn up after their best save, so the
+     slope rule leaves its comparisons without a verdict) and before any run of stage 4:
+
+     The best-save rule (BEST_SAVE). For every run of BEST_SAVE_ROWS, the save with the lowest
+     recorded fd (fashion_mnist_fd; the earlier on a tie) is selected, and its netG_<epoch>.pth
+     draws 2,000 new samples (noise seeded with the run's seed + EVAL_SEED_OFFSET, never the
+     noise of the saves) that are measured again; best_saves.jsonl records them. The selection
+     reads one sample set and the comparison another, so the choice of the save does not bias
+     the compared values. The comparisons of BEST_SAVE_COMPARISONS are Welch tests of these
+     values on stage 4's rows, Holm-adjusted together with every other comparison of the page;
+     "held"/"contradicted" when the adjusted p < 0.05 and each row is converged by the slope rule
+     or past its best save (the selected save before the last) on a majority of its seeds.
+     Stages 1-2's runs are shown under the same rule as the exploration that suggested it,
+     without verdicts.
 
 `--jobs` runs at a time with one torch thread each; a finished run is never run again and a run
 killed midway continues from its content.pth (--resume auto). Outputs: runs.jsonl (one record
@@ -55,6 +70,7 @@ EPOCHS, SAVE_EVERY = 24, 2
 LEARNING_RATES = (1e-3, 4e-4)
 TUNING_SEED = 100
 SEEDS = tuple(range(5))
+CONFIRM_SEEDS = tuple(range(5, 10))   # stage 4's: new seeds for the best-save rule's verdicts
 METHODS = {"gan": "--loss gan", "uotm": "--phi1 kl --phi2 kl", "otm": "--phi1 linear --phi2 linear"}
 MAIN = {"gan": "gan", "uotm": "uotm_kl", "otm": "otm"}   # the row whose divergences decide a method's rate
 OUTLIER_SET = "fashion_mnist+mnist"
@@ -89,6 +105,11 @@ ROWS = [
     ("outliers_otm", 2, "OTM on Fashion-MNIST + 1% MNIST", OUTLIER_SET, "otm", "", SEEDS),
     ("clean_uotm", 2, "UOTM (kl, kl) on Fashion-MNIST alone: the detector's false positives", "fashion_mnist",
      "uotm", "", SEEDS),
+    # stage 4, declared on 2026-12-03 after stages 1-2 were seen and before any of its runs: the
+    # outlier experiment again on new seeds, on which the best-save rule (BEST_SAVE) gives verdicts
+    ("confirm_outliers_uotm", 4, "UOTM (kl, kl) on Fashion-MNIST + 1% MNIST, new seeds", OUTLIER_SET, "uotm", "",
+     CONFIRM_SEEDS),
+    ("confirm_outliers_otm", 4, "OTM on Fashion-MNIST + 1% MNIST, new seeds", OUTLIER_SET, "otm", "", CONFIRM_SEEDS),
     # stage 3, the papers' network at CPU scale: NCSN++ map and potential (see NCSNPP), UOTM's rate
     ("ncsnpp_uotm", 3, "UOTM (kl, kl), NCSN++ reduced (G 0.42M, D 0.19M), batch 64, "
      f"{NCSNPP_EPOCHS} epochs", "mnist", "uotm", NCSNPP, (0,)),
@@ -260,6 +281,17 @@ COMPARISONS = [
     ("outliers_uotm", "outliers_otm", "fashion_mnist_fd", "UOTM against OTM with outliers in the data", None),
 ]
 
+# stage 4's best-save rule (the module docstring): its runs, its evaluation noise and its comparisons
+BEST_SAVE_ROWS = ("outliers_uotm", "outliers_otm", "clean_uotm", "confirm_outliers_uotm", "confirm_outliers_otm")
+EVAL_SEED_OFFSET = 1000
+BEST_SAVE_COMPARISONS = [
+    ("confirm_outliers_uotm", "confirm_outliers_otm", "outlier_fraction",
+     "UOTM paper: UOTM generates fewer outliers than OTM (best saves, new seeds)", True),
+    ("confirm_outliers_uotm", "clean_uotm", "outlier_fraction", "UOTM: digits in its samples against the detector's "
+     "false positives on UOTM trained without digits (best saves)", None),
+    ("confirm_outliers_uotm", "confirm_outliers_otm", "fashion_mnist_fd",
+     "UOTM against OTM with outliers in the data (best saves, new seeds)", None),
+]
 
 # the course report's table (Inception FID on MNIST, its own networks) and the row of this study
 # that runs its configuration: its "UOT baseline" is the Psi* that is not exp (softplus, by
