@@ -293,6 +293,59 @@ BEST_SAVE_COMPARISONS = [
      "UOTM against OTM with outliers in the data (best saves, new seeds)", None),
 ]
 
+def best_save(record, run_dir, datadir):
+    """The best-save rule for one run (the module docstring): the record of its save with the
+    lowest recorded fd, measured again on 2,000 new samples of that save's netG_<epoch>.pth."""
+    import argparse
+
+    import torch
+
+    from datasets_prep import measures
+    from score_sde import build_generator, source_shape
+    from uot.io import load_checkpoint
+
+    torch.set_num_threads(1)   # as the runs measured their saves (uot/study.py: one thread a run)
+    dataset = row_of(record["row"])[3]
+    key, saves = FD[dataset], record["saves"]
+    index = min(range(len(saves)), key=lambda i: saves[i][key])   # the first of equal values
+    epoch = (index + 1) * SAVE_EVERY
+    with open(os.path.join(run_dir, "options.json"), encoding="utf-8") as f:
+        cfg = argparse.Namespace(**json.load(f))
+    G = build_generator(cfg)
+    G.load_state_dict(load_checkpoint(os.path.join(run_dir, f"netG_{epoch}.pth")))
+    measure, outliers = measures.dataset_measure(dataset, datadir)
+    count = cfg.measure_samples or measure.recipe.samples
+    noise = torch.Generator().manual_seed(record["seed"] + EVAL_SEED_OFFSET)
+    x, z = torch.randn((count, *source_shape(cfg)), generator=noise), torch.randn(count, cfg.nz, generator=noise)
+    with torch.no_grad():
+        images = torch.cat([G.eval()(x[i:i + 1000], z[i:i + 1000]) for i in range(0, count, 1000)]).float()
+    return dict(row=record["row"], seed=record["seed"], epoch=epoch, last_epoch=len(saves) * SAVE_EVERY,
+                selected=saves[index][key], samples=count, noise_seed=record["seed"] + EVAL_SEED_OFFSET,
+                **measure.metrics(images, outliers))
+
+
+def as_best_records(best):
+    """The best-save records as runs of rows `<row>@best` with their one measured save (what
+    uot/study.py's comparisons read as a run's final values)."""
+    return [dict(row=f"{b['row']}@best", seed=b["seed"], diverged=False, saves=[b]) for b in best]
+
+
+def best_save_qualification(records, best):
+    """A row's qualification for a verdict: the slope rule, and for a `<row>@best` row also
+    whether it is past its best save (the selected save before the last) on a majority of its
+    seeds (the best-save rule)."""
+    slope = study.slope_rule(view(records), curve_key)
+
+    def qualification(name):
+        if not name.endswith("@best"):
+            return slope(name)
+        cell, flat = slope(name[:-len("@best")])
+        runs = [b for b in best if b["row"] == name[:-len("@best")]]
+        past = sum(b["epoch"] < b["last_epoch"] for b in runs)
+        return f"{cell}; past its best save on {past}/{len(runs)}", flat or past > len(runs) / 2
+    return qualification
+
+
 # the course report's table (Inception FID on MNIST, its own networks) and the row of this study
 # that runs its configuration: its "UOT baseline" is the Psi* that is not exp (softplus, by
 # elimination: the report names softplus and exp) and its exp rows without "EMA" train without it
@@ -333,8 +386,39 @@ def course_report_table(records):
     return "\n".join(lines)
 
 
-def compare(records):
-    return study.compare(view(records), COMPARISONS, curve_key, FORMATS)
+def compare(records, best=()):
+    """Every comparison of the page, Holm-adjusted together: the slope rule's (COMPARISONS) and
+    the best-save rule's (BEST_SAVE_COMPARISONS, on the rows' `@best` values)."""
+    comparisons = COMPARISONS + [(f"{a}@best", f"{b}@best", *rest) for a, b, *rest in BEST_SAVE_COMPARISONS]
+    return study.compare(view(records) + as_best_records(best), comparisons, curve_key, FORMATS,
+                         best_save_qualification(records, best))
+
+
+def best_save_table(records, best):
+    """Per row of BEST_SAVE_ROWS with best-save records: the selected saves, the recorded fd of
+    each selected save (what chose it) and the measures of the new samples, beside the floor."""
+    if not best:
+        return ""
+    key = FD[OUTLIER_SET]
+    header = ["row (best save)", "n", "selected epochs", f"{key} that chose it", key, "precision", "recall",
+              "outlier_fraction", "past its best save"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for dataset in dict.fromkeys(row_of(name)[3] for name in BEST_SAVE_ROWS):
+        floor = floor_of(records, dataset)
+        if floor is not None:
+            outliers = f"{floor['outlier_fraction'][0]:.4f}" if "outlier_fraction" in floor else "n/a"
+            lines.append(f"| floor: {dataset}, {floor['n']:,} held-out images, {floor['draws']} draws | | | | "
+                         + " | ".join(f"{floor[k][0]:.2f} +- {floor[k][1]:.2f}" for k in (key, "precision", "recall"))
+                         + f" | {outliers} | |")
+    for name in BEST_SAVE_ROWS:
+        runs = sorted((b for b in best if b["row"] == name), key=lambda b: b["seed"])
+        if runs:
+            lines.append(f"| {name} | {len(runs)} | {' '.join(str(b['epoch']) for b in runs)} | "
+                         f"{mean_sd([b['selected'] for b in runs], '{:.2f}')} | "
+                         + " | ".join(mean_sd([b[k] for b in runs], FORMATS.get(k, "{:.2f}"))
+                                      for k in (key, "precision", "recall", "outlier_fraction"))
+                         + f" | {sum(b['epoch'] < b['last_epoch'] for b in runs)}/{len(runs)} |")
+    return "\n".join(lines)
 
 
 def fairness(records):
@@ -349,9 +433,10 @@ def fairness(records):
             + ("fair (at most 2x)." if ratio <= 2 else "NOT fair (above 2x): the outlier comparison has no verdict."))
 
 
-def page(records):
-    parts = [results_table(records, stage) for stage in STAGES] + [course_report_table(records), fairness(records)]
-    return "\n\n".join([p for p in parts if p] + ["\n".join(compare(records))])
+def page(records, best=()):
+    parts = [results_table(records, stage) for stage in STAGES] + [course_report_table(records), fairness(records),
+                                                                    best_save_table(records, best)]
+    return "\n\n".join([p for p in parts if p] + ["\n".join(compare(records, best))])
 
 
 def figures(records, out):
@@ -367,15 +452,20 @@ def figures(records, out):
                        "iteration", floors)
 
 
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def main(argv=None):
     p = study_parser(__doc__.splitlines()[0], os.path.join("train_logs", "study_mnist"))
     p.add_argument("--datadir", default=None, help="the folder of datasets_prep.fetch mnist fashion_mnist")
     p.add_argument("--seeds", type=int, default=None, help="at most this many seeds per row of stages 1-2")
     p.add_argument("--table", metavar="RUNS.jsonl", help="print the tables of recorded runs and exit")
+    p.add_argument("--best", metavar="BEST_SAVES.jsonl", help="with --table: the best-save records beside them")
     a = p.parse_args(argv)
     if a.table:
-        with open(a.table, encoding="utf-8") as f:
-            print(page([json.loads(line) for line in f if line.strip()]))
+        print(page(*(read_jsonl(path) for path in (a.table, a.best) if path)))
         return
     if not a.datadir:
         p.error("--datadir: give the folder where `python -m datasets_prep.fetch mnist fashion_mnist --datadir "
@@ -405,7 +495,12 @@ def main(argv=None):
             study.run_all([(row[0], seed, start(row, seed), None) for seed, row in todo], a.jobs, log, curve_key)
             if not todo or {method: chosen_lr(log.records, method) for method in METHODS} == rates:
                 break
-    text = page(log.records)
+    best = RecordLog(os.path.join(a.out, "best_saves.jsonl"))
+    measured = {(b["row"], b["seed"]) for b in best.records}
+    for r in log.records:   # the best-save rule, once per finished run of its rows
+        if r["row"] in BEST_SAVE_ROWS and not r["diverged"] and r["saves"] and (r["row"], r["seed"]) not in measured:
+            best.append(best_save(r, os.path.join(a.out, r["run_dir"]), a.datadir))
+    text = page(log.records, best.records)
     atomic_write_text(os.path.join(a.out, "results.md"), text + "\n")
     print(text)
     figures(log.records, a.out)

@@ -2,6 +2,7 @@
 method's learning rate, its tables and the outlier comparison's fairness line. Its runner is
 uot/study.py's, run for real by tests/test_study.py."""
 import importlib.util
+import json
 import os
 import shlex
 
@@ -110,7 +111,7 @@ def test_every_row_is_a_valid_train_py_command_with_its_methods_tuned_rate(tmp_p
     # one network pair for every row but the probes: the MLP of scripts/mnist_mlp.flags
     pairs = [line for line in out.splitlines() if line.startswith("mlp: G ")]
     assert len(pairs) == len(study.ROWS) - 1 and len(set(pairs)) == 2
-    assert pairs.count("mlp: G 0.66M parameters, D 0.39M parameters") == sum(0 <= row[1] < 3 for row in study.ROWS)
+    assert pairs.count("mlp: G 0.66M parameters, D 0.39M parameters") == sum(row[1] in (0, 1, 2, 4) for row in study.ROWS)
     # the reduced NCSN++ pair that docs/performance.md timed (scripts/bench_train.py's mnist_ncsnpp)
     assert "ncsnpp: G 0.42M parameters, D 0.19M parameters" in out
 
@@ -178,7 +179,6 @@ def test_the_flags_file_is_the_mlp_pair_without_a_dataset_or_learning_rate():
 def test_the_results_page_shows_the_recorded_study_as_the_script_prints_it():
     """docs/results.md's MNIST study tables are page() of the committed records: no number on the
     page is typed by hand; every record is a run of a row of the study at one of its seeds."""
-    import json
     study = load_study()
     with open(os.path.join(ROOT, "assets", "study_mnist_runs.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
@@ -193,7 +193,6 @@ def test_a_stage_runs_again_at_the_next_rate_when_the_rule_abandons_one(tmp_path
     tests/test_study.py): every kl run at the best rate diverges, so after stage 1's first pass
     the rule moves UOTM's rows to the next rate and the stage runs again, once; a second
     invocation runs nothing."""
-    import json
     from uot import study as runner
     study = load_study()
     hi, lo = study.LEARNING_RATES
@@ -229,3 +228,62 @@ def test_a_stage_runs_again_at_the_next_rate_when_the_rule_abandons_one(tmp_path
     calls.clear()
     study.main(args)
     assert calls == []
+
+
+def test_the_best_save_is_the_lowest_recorded_one_measured_again_on_new_noise(tmp_path, monkeypatch):
+    """best_save on a real run (a tiny MLP on the digits with inverted outliers, 3 saves): it
+    loads the save with the lowest recorded fd; with the saves' own noise it gives that save's
+    recorded measures to the last bit (the right weights, noise and measure), and with its own
+    noise (seed + EVAL_SEED_OFFSET) other samples of the same map."""
+    from tiny import run as train_run, run_dir
+    study = load_study()
+    flags = ("--dataset digits+outliers --image_size 8 --model_name mlp --mlp_width 32 --mlp_depth 1 --nz 2 "
+             "--batch_size 64 --num_epoch 3 --save_image_every 1 --save_ckpt_every 1 --measure_samples 200 "
+             "--log_every 100 --seed 3")
+    assert train_run(flags, tmp_path) == 0
+    folder = run_dir(tmp_path, "digits+outliers")
+    monkeypatch.setattr(study, "SAVE_EVERY", 1)
+    monkeypatch.setitem(study.ROW, "t", ("t", 4, "a tiny run", "digits+outliers", None, "", (3,)))
+    monkeypatch.setitem(study.FD, "digits+outliers", "digits_fd")
+    saves = json.loads((folder / "metrics.json").read_text())
+    record = dict(row="t", seed=3, diverged=False, saves=saves)
+    lowest = min(range(3), key=lambda i: saves[i]["digits_fd"])
+    best = study.best_save(record, str(folder), None)
+    assert (best["epoch"], best["last_epoch"], best["samples"]) == (lowest + 1, 3, 200)
+    assert best["selected"] == saves[lowest]["digits_fd"] and best["noise_seed"] == 3 + study.EVAL_SEED_OFFSET
+    assert best["digits_fd"] != saves[lowest]["digits_fd"] and "outlier_fraction" in best
+    monkeypatch.setattr(study, "EVAL_SEED_OFFSET", 0)
+    again = study.best_save(record, str(folder), None)
+    assert {k: again[k] for k in saves[lowest] if k not in ("step", "phase")} == \
+        {k: v for k, v in saves[lowest].items() if k not in ("step", "phase")}
+
+
+def best(row, seed, epoch, outliers, fd=50.0, last_epoch=24):
+    return dict(row=row, seed=seed, epoch=epoch, last_epoch=last_epoch, selected=fd, samples=2000,
+                noise_seed=seed + 1000, fashion_mnist_fd=fd, precision=0.5, recall=0.1, outlier_fraction=outliers)
+
+
+def test_the_best_save_rule_gives_verdicts_to_rows_past_their_best_save_holm_adjusted_with_the_page():
+    """The stage-4 comparisons read the `@best` values; a row qualifies when it is converged by the
+    slope rule or past its best save on a majority of seeds; their p-values join the page's Holm
+    family (m counts every comparison with runs on both sides)."""
+    study = load_study()
+    fd = [200.0, 150.0, 120.0, 100.0, 95.0, 110.0, 130.0, 160.0]   # turns up: the slope rule fails
+    records = tuned(study, {"gan": (30.0, 20.0), "uotm": (10.0, 50.0), "otm": (5.0, 6.0)})
+    records += [run(row, s, [v + s for v in fd], key="fashion_mnist_fd") for s in study.CONFIRM_SEEDS
+                for row in ("confirm_outliers_uotm", "confirm_outliers_otm")]
+    bests = [best("confirm_outliers_uotm", s, 10, 0.0) for s in study.CONFIRM_SEEDS]
+    bests += [best("confirm_outliers_otm", s, 10 if s < 8 else 24, 0.003 + s / 10000) for s in study.CONFIRM_SEEDS]
+    lines = {line.split(" | ")[0][2:]: line for line in study.compare(records, bests)}
+    held = lines["UOTM paper: UOTM generates fewer outliers than OTM (best saves, new seeds)"]
+    assert "| confirm_outliers_uotm@best | confirm_outliers_otm@best | outlier_fraction |" in held
+    assert "not converged; past its best save on 5/5 / " in held and "past its best save on 3/5 |" in held
+    assert held.endswith("| held |")
+    header = study.compare(records, bests)[0]
+    assert "Holm p (m = 2)" in header   # the two stage-4 lines with runs on both sides (no clean_uotm runs here)
+    bests = [b if b["row"] != "confirm_outliers_otm" or b["seed"] < 7 else dict(b, epoch=24) for b in bests]
+    lines = {line.split(" | ")[0][2:]: line for line in study.compare(records, bests)}
+    line = lines["UOTM paper: UOTM generates fewer outliers than OTM (best saves, new seeds)"]
+    assert "past its best save on 2/5 |" in line and line.endswith("| held, but a row is not converged: no verdict |")
+    table = study.best_save_table(records, bests)
+    assert "| confirm_outliers_otm | 5 | 10 10 24 24 24 |" in table and "| 2/5 |" in table

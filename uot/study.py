@@ -174,11 +174,21 @@ def verdict(xa, xb, p, claim_lower, flat):
     return found if flat else f"{found}, but a row is not converged: no verdict"
 
 
-def compare(records, comparisons, curve_key, formats):
+def slope_rule(records, curve_key):
+    """A row's qualification for a verdict: (its slope-rule cell, converged) on `curve_key(row)`."""
+    def qualification(row):
+        c = convergence(records, row, curve_key(row))
+        return convergence_cell(records, row, curve_key(row)), c is not None and c[2]
+    return qualification
+
+
+def compare(records, comparisons, curve_key, formats, qualification=None):
     """The page's comparison table: one line per (row A, row B, measure, claim, claim_lower) of
     `comparisons` with runs on both sides, Welch's p of the final values and Holm's adjustment
-    across every line, on which the verdicts stand. Whether a row is flat is read on its measure
-    `curve_key(row)`; `formats` maps a measure to its number format."""
+    across every line, on which the verdicts stand. Whether a row qualifies for a verdict is
+    `qualification(row)` -> (cell, qualified); by default the slope rule on its measure
+    `curve_key(row)`. `formats` maps a measure to its number format."""
+    qualification = qualification or slope_rule(records, curve_key)
     rows = []
     for a, b, key, claim, lower in comparisons:
         xa, xb = finals(records, a, key), finals(records, b, key)
@@ -188,14 +198,12 @@ def compare(records, comparisons, curve_key, formats):
     lines = [f"| claim | row A | row B | measure | A (mean +- sd, n) | B (mean +- sd, n) | drift A / B | Welch p | "
              f"Holm p (m = {sum(p is not None for p in adjusted)}) | verdict |", "|---" * 10 + "|"]
     for (a, b, key, claim, lower, xa, xb, p), p_holm in zip(rows, adjusted):
-        ca, cb = convergence(records, a, curve_key(a)), convergence(records, b, curve_key(b))
-        flat = None not in (ca, cb) and ca[2] and cb[2]
+        (cell_a, flat_a), (cell_b, flat_b) = qualification(a), qualification(b)
         fmt = formats.get(key, "{:.3f}")
         lines.append(f"| {claim} | {a} | {b} | {key} | {mean_sd(xa, fmt)} ({len(xa)}) | {mean_sd(xb, fmt)} "
-                     f"({len(xb)}) | {convergence_cell(records, a, curve_key(a))} / "
-                     f"{convergence_cell(records, b, curve_key(b))} "
+                     f"({len(xb)}) | {cell_a} / {cell_b} "
                      f"| {'n/a' if p is None else f'{p:.2g}'} | {'n/a' if p_holm is None else f'{p_holm:.2g}'} "
-                     f"| {verdict(xa, xb, p_holm, lower, flat)} |")
+                     f"| {verdict(xa, xb, p_holm, lower, flat_a and flat_b)} |")
     return lines
 
 
