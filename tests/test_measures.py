@@ -239,17 +239,19 @@ def test_real_the_digit_detector_finds_mnist_digits_among_fashion_images(real_me
 
 def test_real_the_mnist_outliers_of_fashion_mnist_are_a_fair_set(real_data):
     """The first 600 MNIST digits are 0.99% of fashion_mnist+mnist; the share of N(0, I) draws
-    whose nearest image is one of them is at most twice that (binomial sd 0.001 at 10,000 draws)."""
-    share, outliers = measures.nearest_source_share("fashion_mnist+mnist", real_data, draws=10000)
+    whose nearest image is one of them is at most twice that (at the bound, 0.0198, the binomial
+    sd of 2,500 draws is 0.0028; the study measured 0 of 50,000)."""
+    share, outliers = measures.nearest_source_share("fashion_mnist+mnist", real_data, draws=2500)
     assert outliers == pytest.approx(600 / 60600) and share <= 2 * outliers
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist", "fashion_mnist+mnist"])
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist+mnist"])
 def test_real_a_short_run_measures_itself_against_its_floor_at_the_same_n(dataset, real_data, tmp_path):
     """train.py on the real data: one epoch of a tiny MLP pair, a save that measures 200 samples and writes
     floor.json, the measures of 200 held-out real images (10 draws), which the samples of an
-    untrained map are far from; the outlier share on the Fashion-MNIST sets."""
+    untrained map are far from; the outlier share on the Fashion-MNIST sets (plain fashion_mnist
+    runs the same measure; its loader is tested in tests/test_datasets.py)."""
     from tiny import run, run_dir
     flags = (f"--dataset {dataset} --datadir {real_data} --model_name mlp --mlp_width 32 --mlp_depth 1 --nz 2 "
              "--batch_size 256 --num_epoch 1 --save_image_every 1 --measure_samples 200 --log_every 100")
