@@ -3,7 +3,8 @@ with 1% MNIST digits, multi-seed, at CPU scale, in one resumable command.
 
     python -m datasets_prep.fetch mnist fashion_mnist --datadir data     # once
     python scripts/study_mnist.py --datadir data [--out train_logs/study_mnist] [--jobs 2] [--rows NAME ...]
-    python scripts/study_mnist.py --table assets/study_mnist_runs.jsonl  # the page's tables from the records
+    python scripts/study_mnist.py --table assets/study_mnist_runs.jsonl \
+        --best assets/study_mnist_best_saves.jsonl                       # the page's tables from the records
 
 Every run but stage 3's trains plain MLPs on the flattened 32 px images (scripts/mnist_mlp.flags:
 3 hidden layers of 256, batch 128, cosine decay, R1 0.2, EMA 0.999, tau 0.003) for EPOCHS epochs
@@ -51,7 +52,8 @@ measures of 2,000 held-out test images). Six stages, one after the other:
 `--jobs` runs at a time with one torch thread each; a finished run is never run again and a run
 killed midway continues from its content.pth (--resume auto). Outputs: runs.jsonl (one record
 per run: row, seed, flags, exit code, seconds, CPU, versions, every save's measures, the run's
-floor), results.md (the tables and comparisons: scripts/study_digits.py's rules of evidence,
+floor), best_saves.jsonl (stage 4's rule: one record per run of BEST_SAVE_ROWS, measured after
+the runs), results.md (the tables and comparisons: scripts/study_digits.py's rules of evidence,
 uot/study.py), samples.png (each row's first seed) and curves.png (per save, against the floor).
 """
 import json
@@ -444,7 +446,7 @@ def figures(records, out):
     study.sample_figure(records, [(row[0], row[2]) for row in ROWS if row[1] > 0], os.path.join(out, "samples.png"),
                         out)
     floors = {}
-    for stage, dataset in ((1, "mnist"), (2, OUTLIER_SET), (3, "mnist")):
+    for stage, dataset in ((1, "mnist"), (2, OUTLIER_SET), (3, "mnist"), (4, OUTLIER_SET)):
         floor = floor_of(records, dataset)
         if floor is not None:
             floors[stage] = (f"floor (n = {floor['n']:,})", floor[FD[dataset]][0])
@@ -497,7 +499,7 @@ def main(argv=None):
                 break
     best = RecordLog(os.path.join(a.out, "best_saves.jsonl"))
     measured = {(b["row"], b["seed"]) for b in best.records}
-    for r in log.records:   # the best-save rule, once per finished run of its rows
+    for r in view(log.records):   # the best-save rule, once per finished run of its rows (at their rate)
         if r["row"] in BEST_SAVE_ROWS and not r["diverged"] and r["saves"] and (r["row"], r["seed"]) not in measured:
             best.append(best_save(r, os.path.join(a.out, r["run_dir"]), a.datadir))
     text = page(log.records, best.records)

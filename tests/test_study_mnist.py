@@ -180,12 +180,15 @@ def test_the_results_page_shows_the_recorded_study_as_the_script_prints_it():
     """docs/results.md's MNIST study tables are page() of the committed records: no number on the
     page is typed by hand; every record is a run of a row of the study at one of its seeds."""
     study = load_study()
-    with open(os.path.join(ROOT, "assets", "study_mnist_runs.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records, best = (study.read_jsonl(os.path.join(ROOT, "assets", f"study_mnist_{name}.jsonl"))
+                     for name in ("runs", "best_saves"))
     assert records and all(r["seed"] in study.ROW[r["row"]][6] for r in records)
     assert len({(r["row"], r["seed"]) for r in study.view(records)}) == len(records)   # one run per row and seed
+    # a best-save record for every finished run of the rule's rows, and for nothing else
+    assert sorted((b["row"], b["seed"]) for b in best) == sorted(
+        (r["row"], r["seed"]) for r in study.view(records) if r["row"] in study.BEST_SAVE_ROWS and not r["diverged"])
     with open(os.path.join(ROOT, "docs", "results.md"), encoding="utf-8") as f:
-        assert study.page(records) in f.read()
+        assert study.page(records, best) in f.read()
 
 
 def test_a_stage_runs_again_at_the_next_rate_when_the_rule_abandons_one(tmp_path, monkeypatch):
